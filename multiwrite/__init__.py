@@ -1,0 +1,39 @@
+"""multiwrite: MultiWrite collectives for PyTorch and MPI.
+
+A MultiWrite delivers one payload to a set of ranks while crossing each node's network link once per
+receiving node; relays replicate it through shared memory on the far side. See README.md and
+DESIGN.md for semantics; the public API:
+
+    mw.init() / mw.finalize()          default group from mpirun (MPI) or torchrun (Gloo)
+    mw.topology()                      rank, world_size, node, num_nodes, local_rank, local_size
+    mw.all_gather(out, x)              AllGather on MultiWrite (or unicast with mode="unicast")
+    mw.stats() / mw.reset_stats()      bytes and messages per link class
+"""
+__version__ = "0.1.0"
+
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, WindowError
+from .group import Group, default_group, finalize, init
+from .allgather import all_gather
+
+
+def topology(group=None):
+    """Placement of this rank: a Topology with rank, world_size, node, num_nodes, local_rank,
+    local_size (and node_of / local_rank_of / node_ranks for every rank)."""
+    from .group import resolve
+    return resolve(group).topo
+
+
+def stats(group=None) -> dict:
+    """This rank's traffic since the last reset: ``{"inter_node": {"bytes", "messages",
+    "per_peer_node": {node: bytes}}, "intra_node": {"bytes", "messages"}, "control": {...}}``."""
+    from .group import resolve
+    return resolve(group).stats.as_dict()
+
+
+def reset_stats(group=None) -> None:
+    from .group import resolve
+    resolve(group).stats.reset()
+
+
+__all__ = ["init", "finalize", "topology", "stats", "reset_stats", "all_gather", "Group",
+           "default_group", "MultiwriteError", "MultiwriteTimeout", "MismatchError", "WindowError"]

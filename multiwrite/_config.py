@@ -1,0 +1,70 @@
+"""Environment settings (read once per group creation, so tests can change them between groups)."""
+import os
+
+MODES = ("multiwrite", "unicast")
+TRANSPORTS = ("mpi", "gloo")
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def mode() -> str:
+    """MULTIWRITE_MODE: 'multiwrite' (one copy per receiving node, default) or 'unicast' (one per rank)."""
+    value = os.environ.get("MULTIWRITE_MODE", "multiwrite").strip().lower()
+    if value not in MODES:
+        raise ValueError(f"MULTIWRITE_MODE={value!r}: expected one of {MODES}")
+    return value
+
+
+def check_mode(value):
+    """Validate a per-call mode override (None means the environment default)."""
+    if value is None:
+        return mode()
+    if value not in MODES:
+        raise ValueError(f"mode={value!r}: expected one of {MODES}")
+    return value
+
+
+def timeout_s() -> float:
+    """MULTIWRITE_TIMEOUT (seconds): how long any wait on a peer may take before a timeout error."""
+    raw = os.environ.get("MULTIWRITE_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"MULTIWRITE_TIMEOUT={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"MULTIWRITE_TIMEOUT={raw!r} must be > 0")
+    return value
+
+
+def ranks_per_node():
+    """MULTIWRITE_RANKS_PER_NODE=L groups consecutive ranks into emulated nodes (None = detect)."""
+    raw = os.environ.get("MULTIWRITE_RANKS_PER_NODE")
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"MULTIWRITE_RANKS_PER_NODE={raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"MULTIWRITE_RANKS_PER_NODE={raw!r} must be >= 1")
+    return value
+
+
+def launched_by_mpi() -> bool:
+    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"))
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ and "RANK" in os.environ)
+
+
+def transport() -> str:
+    """MULTIWRITE_TRANSPORT=mpi|gloo, else what the launcher implies (mpirun -> mpi, torchrun -> gloo)."""
+    value = os.environ.get("MULTIWRITE_TRANSPORT", "").strip().lower()
+    if value:
+        if value not in TRANSPORTS:
+            raise ValueError(f"MULTIWRITE_TRANSPORT={value!r}: expected one of {TRANSPORTS}")
+        return value
+    if launched_by_torchrun():
+        return "gloo"
+    return "mpi"

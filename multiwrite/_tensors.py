@@ -1,0 +1,63 @@
+"""Views of torch tensors and NumPy arrays as raw bytes (bfloat16 included), without copies where possible."""
+import numpy as np
+
+try:
+    import torch
+except ImportError:  # the core and the MPI path work without torch
+    torch = None
+
+
+def is_tensor(x):
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def dtype_name(x) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def numel(x) -> int:
+    return x.numel() if is_tensor(x) else int(np.asarray(x).size)
+
+
+def itemsize(x) -> int:
+    return x.element_size() if is_tensor(x) else np.asarray(x).itemsize
+
+
+def input_bytes(x) -> np.ndarray:
+    """Read-only byte view of ``x`` (a contiguous copy first if ``x`` is not contiguous)."""
+    if is_tensor(x):
+        if x.device.type != "cpu":
+            raise TypeError(f"multiwrite works on CPU tensors; got a tensor on {x.device}")
+        t = x.detach()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        return t.reshape(-1).view(torch.uint8).numpy()
+    a = np.ascontiguousarray(x)
+    return a.reshape(-1).view(np.uint8)
+
+
+class OutputBytes:
+    """Writable byte view of an output; for a non-contiguous tensor, a staging copy written back by
+    ``commit()``."""
+
+    def __init__(self, out):
+        self.out = out
+        self._stage = None
+        if is_tensor(out):
+            if out.device.type != "cpu":
+                raise TypeError(f"multiwrite works on CPU tensors; got a tensor on {out.device}")
+            t = out.detach()
+            if not t.is_contiguous():
+                self._stage = torch.empty(t.shape, dtype=t.dtype)
+                t = self._stage
+            self.bytes = t.reshape(-1).view(torch.uint8).numpy()
+        else:
+            if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
+                raise TypeError("output must be a torch tensor or a writable C-contiguous numpy array")
+            self.bytes = out.reshape(-1).view(np.uint8)
+
+    def commit(self):
+        if self._stage is not None:
+            with torch.no_grad():
+                self.out.copy_(self._stage)
+        return self.out

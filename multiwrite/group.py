@@ -1,0 +1,221 @@
+"""A communication group: transport + topology + node shared memory + accounting.
+
+Every operator runs on a Group. The default group spans the launcher's world (mpirun or torchrun);
+the torch backend and ``split`` make others. All methods named ``collective`` must be called by every
+rank of the group in the same order.
+"""
+import atexit
+import time
+
+import numpy as np
+
+from . import _config, _core, shm, topology as _topology
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from .stats import Stats
+from .transport import wait_all
+
+# Layout of the node control segment.
+_BARRIER_OFF = 0            # u32: node barrier arrivals, monotonically increasing
+_NAME_OFF = 64              # name of a segment being grown (NUL-padded ASCII)
+_NAME_LEN = 192
+_EPOCH_OFF = 256            # u32 per local rank: barriers it has entered (to name missing ranks)
+_SIG_OFF = 512              # two banks (by barrier parity) of one 64-byte signature slot per local rank
+_SIG_WORDS = 8
+_MAX_LOCAL = _core.MAX_LOCAL_RANKS
+_CTRL_BYTES = _SIG_OFF + 2 * 64 * _MAX_LOCAL
+
+_MIN_BUFFER = 1 << 20
+
+
+class Group:
+    """Ranks that communicate together (see module doc). ``topo`` describes placement."""
+
+    def __init__(self, transport, *, mode=None, timeout_s=None):
+        self.transport = transport
+        self.timeout_s = float(timeout_s if timeout_s is not None else _config.timeout_s())
+        self.mode = _config.check_mode(mode)
+        self.topo = _topology.detect(transport)
+        if self.topo.local_size > _MAX_LOCAL:
+            raise MultiwriteError(f"{self.topo.local_size} ranks on one node; at most {_MAX_LOCAL} supported")
+        self.stats = Stats()
+        self._seq = 0
+        self._epoch = 0
+        self._buffers = {}          # name -> Segment (node-shared, grown on demand)
+        self._private = {}          # name -> numpy buffer private to this rank
+        self._closed = False
+        self._ctrl_seg = shm.create_node_segments(transport, self.topo, [_CTRL_BYTES])[0]
+        self.ctrl = self._ctrl_seg.array
+        self.rank, self.size = self.topo.rank, self.topo.world_size
+
+    # -- sequencing ----------------------------------------------------------------------
+    def next_seq(self) -> int:
+        """Operation sequence number: equal on every rank for the same collective call."""
+        self._check_open()
+        self._seq += 1
+        return self._seq
+
+    def _check_open(self):
+        if self._closed:
+            raise MultiwriteError("this multiwrite group has been destroyed")
+
+    # -- node-local synchronisation ---------------------------------------------------------
+    def node_barrier(self, what="node barrier"):
+        """All ranks of this node arrive before any leaves (shared-memory futex, no network)."""
+        self._epoch += 1
+        _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank, self._epoch & 0xFFFFFFFF)
+        _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1)
+        target = (self._epoch * self.topo.local_size) & 0xFFFFFFFF
+        if not _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, target, self.timeout_s):
+            missing = [r for r in self.topo.local_ranks
+                       if _core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank_of[r])
+                       < (self._epoch & 0xFFFFFFFF)]
+            raise MultiwriteTimeout(
+                f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did not "
+                f"arrive (died, hang, or called a different operation)")
+
+    def node_agree(self, what, signature, need_bytes=0):
+        """Node barrier that also compares what every local rank called: ``signature`` is up to 7
+        integers. Returns ``(largest need_bytes of the node, MismatchError or None)``.
+
+        The error is returned, not raised, so the caller can still exchange its packets: the ranks
+        of other nodes then detect the disagreement from the packet headers instead of timing out.
+        """
+        sig = np.zeros(_SIG_WORDS, dtype=np.int64)
+        sig[:len(signature)] = signature
+        sig[_SIG_WORDS - 1] = need_bytes
+        # Alternate banks: a fast rank's next signature cannot overwrite one a slow rank still reads,
+        # because it would need to pass another barrier that the slow rank has not entered yet.
+        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
+        slot = bank + 64 * self.topo.local_rank
+        self.ctrl[slot:slot + 64] = sig.view(np.uint8)
+        self.node_barrier(what)
+        sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS).copy()
+        n = len(signature)
+        error = None
+        if (sigs[:, :n] != sigs[0, :n]).any():
+            rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i, :n])}"
+                             for i in range(self.topo.local_size))
+            error = MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
+                                  f"arguments ({rows})")
+        return int(sigs[:, _SIG_WORDS - 1].max()), error
+
+    # -- node-shared buffers ------------------------------------------------------------------
+    def node_buffer(self, name, nbytes):
+        """A node-shared uint8 buffer of at least ``nbytes``. Must follow a node_agree on this node
+        whose need_bytes gave ``nbytes`` (so all local ranks grow it together)."""
+        seg = self._buffers.get(name)
+        if seg is not None and seg.nbytes >= nbytes:
+            return seg.array
+        size = max(_MIN_BUFFER, 1 << max(0, int(nbytes - 1).bit_length()))
+        name_slot = self.ctrl[_NAME_OFF:_NAME_OFF + _NAME_LEN]
+        created = None
+        try:
+            if self.topo.rank == self.topo.leader:
+                created = shm.Segment.new_name()
+                new = shm.Segment(created, size, create=True)
+                raw = created.encode()
+                name_slot[:] = 0
+                name_slot[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            self.node_barrier(f"growing shared buffer '{name}'")
+            if created is None:
+                seg_name = bytes(name_slot).rstrip(b"\0").decode()
+                new = shm.Segment(seg_name, size, create=False)
+            self.node_barrier(f"growing shared buffer '{name}'")
+        finally:
+            if created is not None:
+                shm.Segment.unlink(created)
+        if seg is not None:
+            seg.close()
+        self._buffers[name] = new
+        return new.array
+
+    def private_buffer(self, name, nbytes):
+        """A reusable buffer private to this rank (grown on demand)."""
+        buf = self._private.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty(max(nbytes, 4096), dtype=np.uint8)
+            self._private[name] = buf
+        return buf[:nbytes]
+
+    # -- transport with accounting --------------------------------------------------------------
+    def send(self, buf, dst, tag):
+        node = self.topo.node_of[dst]
+        if node == self.topo.node:
+            raise AssertionError("intra-node data must go through shared memory, not the transport")
+        self.stats.add_inter(buf.nbytes, node)
+        return self.transport.isend(buf, dst, tag)
+
+    def recv(self, buf, src, tag):
+        return self.transport.irecv(buf, src, tag)
+
+    def wait_all(self, requests, what):
+        wait_all(requests, self.timeout_s, what)
+
+    def allgather_obj(self, obj):
+        self.stats.add_control(64)
+        return self.transport.allgather_obj(obj)
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for callback in getattr(self, "_on_close", []):
+            callback()
+        for seg in self._buffers.values():
+            seg.close()
+        self._buffers.clear()
+        self._private.clear()
+        self.ctrl = None
+        self._ctrl_seg.close()
+        self.transport.close()
+
+
+def tag_for(op_id, seq):
+    """Message tag of one operation: distinct per operation kind and per consecutive call."""
+    return op_id + 64 * (seq % 32768)
+
+
+# -- the default group ------------------------------------------------------------------------
+_default = None
+
+
+def init(transport=None, *, mode=None, timeout=None) -> Group:
+    """Create the default group (idempotent). ``transport``: 'mpi', 'gloo', a Transport, or None for
+    MULTIWRITE_TRANSPORT / what the launcher implies. ``timeout``: seconds (MULTIWRITE_TIMEOUT)."""
+    global _default
+    if _default is not None:
+        return _default
+    from . import transport as _transport
+    timeout_s = float(timeout if timeout is not None else _config.timeout_s())
+    if transport is None or isinstance(transport, str):
+        transport = _transport.create(transport or _config.transport(), timeout_s)
+    _default = Group(transport, mode=mode, timeout_s=timeout_s)
+    return _default
+
+
+def set_default_group(group):
+    global _default
+    _default = group
+
+
+def default_group() -> Group:
+    """The default group, created on first use from the launcher's environment."""
+    return _default if _default is not None else init()
+
+
+def resolve(group) -> Group:
+    g = default_group() if group is None else group
+    g._check_open()
+    return g
+
+
+def finalize():
+    """Destroy the default group (also done at interpreter exit)."""
+    global _default
+    g, _default = _default, None
+    if g is not None:
+        g.close()
+
+
+atexit.register(finalize)

@@ -1,0 +1,55 @@
+"""Transports: the inter-node message layer behind one interface (see base.Transport)."""
+import os
+
+from .base import CompletedRequest, Request, Transport, wait_all, wait_polling
+
+
+def create(kind: str, timeout_s: float) -> Transport:
+    """Create the world transport for ``kind`` ('mpi' or 'gloo') from the launcher's environment."""
+    if kind == "mpi":
+        from .mpi import MPITransport
+        return MPITransport(None, timeout_s)
+    if kind == "gloo":
+        import datetime
+        import torch.distributed as dist
+        from .gloo import GlooTransport
+        if "MASTER_ADDR" not in os.environ and _mpi_env():
+            store, rank, size = _store_from_mpi(timeout_s)
+        else:
+            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if k not in os.environ]
+            if missing:
+                raise RuntimeError(
+                    f"gloo transport needs torchrun's environment (missing {', '.join(missing)}); "
+                    "launch with torchrun, or use MULTIWRITE_TRANSPORT=mpi under mpirun")
+            store, rank, size = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout_s)))
+        return GlooTransport(store, rank, size, timeout_s)
+    raise ValueError(f"unknown transport {kind!r}: expected 'mpi' or 'gloo'")
+
+
+def _mpi_env():
+    from .._config import launched_by_mpi
+    return launched_by_mpi()
+
+
+def _store_from_mpi(timeout_s):
+    """Gloo under mpirun: rank 0 hosts a TCPStore and MPI tells everyone where it is."""
+    import datetime
+    import socket
+    from mpi4py import MPI
+    import torch.distributed as dist
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    store = None
+    if rank == 0:
+        store = dist.TCPStore("0.0.0.0", 0, size, True, datetime.timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+        addr = (socket.gethostbyname(socket.gethostname()), store.port)
+    else:
+        addr = None
+    addr = comm.bcast(addr, root=0)
+    if rank != 0:
+        store = dist.TCPStore(addr[0], addr[1], size, False, datetime.timedelta(seconds=timeout_s))
+    return store, rank, size
+
+
+__all__ = ["Transport", "Request", "CompletedRequest", "wait_all", "wait_polling", "create"]

@@ -1,0 +1,103 @@
+"""The one interface every transport implements (MPI, Gloo): tagged point-to-point byte messages,
+small-object collectives for control data, and waits that end in a timeout error, never a hang."""
+import time
+
+import numpy as np
+
+from ..errors import MultiwriteTimeout
+
+
+class Request:
+    """A pending send or receive. ``test()`` polls; ``wait(timeout_s)`` raises MultiwriteTimeout."""
+
+    description = "request"
+
+    def test(self) -> bool:
+        raise NotImplementedError
+
+    def wait(self, timeout_s: float, what: str = "") -> None:
+        wait_polling(self, timeout_s, what)
+
+
+class CompletedRequest(Request):
+    description = "empty message"
+
+    def test(self):
+        return True
+
+    def wait(self, timeout_s, what=""):
+        return None
+
+
+def wait_polling(req, timeout_s, what=""):
+    """Poll ``req.test()`` until done. Spins briefly (low latency), then backs off so that
+    oversubscribed ranks leave the CPU to the peers they are waiting for."""
+    if req.test():
+        return
+    start = time.monotonic()
+    deadline = start + timeout_s
+    sleep = 0.0
+    while not req.test():
+        now = time.monotonic()
+        if now > deadline:
+            raise MultiwriteTimeout(
+                f"{what or 'operation'}: timed out after {timeout_s:g}s waiting for {req.description} "
+                f"(a peer died, hangs, or did not call the same operation; MULTIWRITE_TIMEOUT sets the limit)")
+        if now - start < 0.002:
+            time.sleep(0)
+        else:
+            sleep = min(max(sleep * 2, 2e-5), 5e-4)
+            time.sleep(sleep)
+
+
+def wait_all(requests, timeout_s, what=""):
+    """Wait for every request against one shared deadline."""
+    deadline = time.monotonic() + timeout_s
+    for req in requests:
+        req.wait(max(deadline - time.monotonic(), 1e-3), what)
+
+
+class Transport:
+    """Point-to-point and control collectives between the ranks of one group.
+
+    Buffers are 1-D C-contiguous ``numpy.uint8`` arrays (views of tensors or shared memory are fine);
+    a buffer must stay alive and untouched until its request completes. Tags separate concurrent
+    operations; messages with the same (source, tag) arrive in order.
+    """
+
+    name = "base"
+    rank: int
+    size: int
+    timeout_s: float
+
+    # -- point to point ----------------------------------------------------------------------
+    def isend(self, buf: np.ndarray, dst: int, tag: int) -> Request:
+        raise NotImplementedError
+
+    def irecv(self, buf: np.ndarray, src: int, tag: int) -> Request:
+        raise NotImplementedError
+
+    # -- control collectives (small data) ------------------------------------------------------
+    def allgather_obj(self, obj) -> list:
+        """Every rank's picklable ``obj``, indexed by rank."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def allgather_int64(self, values) -> np.ndarray:
+        """Gather a small int64 vector from every rank: returns int64 [size, len(values)]."""
+        return np.asarray(self.allgather_obj(np.asarray(values, dtype=np.int64)), dtype=np.int64)
+
+    def split(self, ranks):
+        """A transport over the sub-list ``ranks`` (every rank of this transport must call it)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def check_buffer(buf):
+        if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1 \
+                or not buf.flags.c_contiguous:
+            raise TypeError("transport buffers must be 1-D C-contiguous numpy.uint8 arrays")

@@ -1,0 +1,69 @@
+"""Launch a test program on several local processes with mpirun or torchrun, with a hard timeout.
+
+Used by the multi-process tests: each returns (returncode, combined output); a run that exceeds its
+timeout is killed (whole process group) and reported as a failure, so a hang can never stall CI.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LAUNCHERS = ("mpirun", "torchrun")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def have(launcher):
+    return shutil.which(launcher) is not None
+
+
+def command(launcher, nprocs, script, args=()):
+    script = os.path.join(HERE, "mp", script) if not os.path.isabs(script) else script
+    if launcher == "mpirun":
+        cmd = ["mpirun", "-n", str(nprocs), "--oversubscribe", "--bind-to", "none",
+               "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo",
+               "--mca", "oob_tcp_if_include", "lo"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+        return cmd + [sys.executable, script, *args]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                "--max-restarts", "0", "--monitor-interval", "0.2", script, *args]
+    raise ValueError(launcher)
+
+
+def run(launcher, nprocs, script, args=(), env=None, timeout=180):
+    """Run ``script`` (in tests/mp/) on ``nprocs`` ranks; returns (returncode, output)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["OMP_NUM_THREADS"] = "1"
+    full_env.pop("MULTIWRITE_RANKS_PER_NODE", None)
+    full_env.pop("MULTIWRITE_MODE", None)
+    full_env.pop("MULTIWRITE_TRANSPORT", None)
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    proc = subprocess.Popen(command(launcher, nprocs, script, args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -999, f"TIMEOUT after {timeout}s\n{out}"
+    return proc.returncode, out
+
+
+def check(launcher, nprocs, script, args=(), env=None, timeout=180):
+    code, out = run(launcher, nprocs, script, args, env, timeout)
+    assert code == 0, f"{launcher} -n {nprocs} {script} {' '.join(args)} exited {code}:\n{out[-6000:]}"
+    return out

@@ -1,0 +1,62 @@
+"""Error cases under a real launcher. argv[1] selects the case; every rank must see the expected
+exception (the program exits non-zero otherwise) and the run must end in bounded time."""
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import multiwrite as mw
+
+
+def expect(exc_type, text, fn):
+    try:
+        fn()
+    except exc_type as e:
+        assert text in str(e), f"expected {text!r} in: {e}"
+        return e
+    raise AssertionError(f"no {exc_type.__name__} raised (expected {text!r})")
+
+
+def main(case):
+    mw.init()
+    topo = mw.topology()
+    P, r = topo.world_size, topo.rank
+    if case == "size_mismatch":
+        n = 100 if r != P - 1 else 120
+        e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * n), torch.ones(n)))
+        print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
+    elif case == "dtype_mismatch":
+        dt = torch.float32 if r != P - 1 else torch.int32
+        e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * 8, dtype=dt), torch.ones(8, dtype=dt)))
+        print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
+    elif case == "bad_args":
+        expect(ValueError, "elements", lambda: mw.all_gather(torch.empty(P * 8 + 1), torch.ones(8)))
+        expect(TypeError, "dtype", lambda: mw.all_gather(torch.empty(P * 8, dtype=torch.int32), torch.ones(8)))
+        win = mw.Window(256)
+        expect(mw.WindowError, "outside the group", lambda: win.multi_write(np.zeros(4, np.uint8), [P + 3]))
+        expect(mw.WindowError, "outside rank", lambda: win.multi_write(np.zeros(4, np.uint8), [0], 253))
+        win.free()
+        expect(mw.WindowError, "after free", lambda: win.fence())
+        print(f"rank {r}: bad_args OK", flush=True)
+    elif case == "timeout":
+        # the last rank never calls the collective: the others must get a timeout, not hang
+        if r == P - 1:
+            time.sleep(float(os.environ["MULTIWRITE_TIMEOUT"]) * 2 + 2)
+            print(f"rank {r}: slept", flush=True)
+        else:
+            t0 = time.monotonic()
+            e = expect(mw.MultiwriteTimeout, "timed out", lambda: mw.all_gather(torch.empty(P * 4), torch.ones(4)))
+            took = time.monotonic() - t0
+            limit = float(os.environ["MULTIWRITE_TIMEOUT"])
+            assert took < limit * 3 + 5, f"timeout took {took:.1f}s (limit {limit}s)"
+            print(f"rank {r}: timeout after {took:.1f}s: {e}", flush=True)
+        os._exit(0)   # peers have pending requests; skip MPI_Finalize's collective shutdown
+    else:
+        raise SystemExit(f"unknown case {case}")
+    mw.finalize()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
