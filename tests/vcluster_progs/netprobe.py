@@ -1,6 +1,8 @@
 """Network probe for the vcluster tests; run once per node with `vcluster --launcher none`.
 
-usage: netprobe.py echo | bulk NBYTES | rtt COUNT      (node 0 is the server, every other node a client)
+usage: netprobe.py echo | bulk NBYTES | rtt COUNT | incast NBYTES
+(node 0 is the server, every other node a client; bulk and rtt use nodes 0 and 1 only;
+incast: every other node sends NBYTES to node 0 at the same time, node 0 reports the total time)
 
 Prints one JSON line per measurement, prefixed with "RESULT ".  Uses only the standard library.
 """
@@ -145,6 +147,36 @@ def main():
             rtts.sort()
             out(mode="rtt", count=count, min_us=rtts[0] * 1e6, median_us=rtts[len(rtts) // 2] * 1e6,
                 max_us=rtts[-1] * 1e6)
+    elif mode == "incast":
+        nbytes = int(sys.argv[2])
+        if rank == 0:
+            import threading
+            ls = listen(nn)
+            conns = [ls.accept()[0] for _ in range(nn - 1)]
+            threads = [threading.Thread(target=recv_count, args=(c, nbytes)) for c in conns]
+            t0 = time.perf_counter()
+            for c in conns:
+                c.sendall(b"G")
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            dt = time.perf_counter() - t0
+            for c in conns:
+                c.sendall(b"A")
+            out(mode="incast", senders=nn - 1, nbytes=nbytes * (nn - 1), seconds=dt,
+                mbit_per_s=nbytes * (nn - 1) * 8 / dt / 1e6)
+        else:
+            s = connect(a[0])
+            s.settimeout(60)
+            payload = os.urandom(1 << 16)
+            recv_exact(s, 1)
+            left = nbytes
+            while left:
+                k = min(left, len(payload))
+                s.sendall(payload[:k])
+                left -= k
+            recv_exact(s, 1)
     else:
         sys.exit(f"unknown mode {mode}")
 
