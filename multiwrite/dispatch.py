@@ -1,0 +1,349 @@
+"""MoE dispatch on MultiWrite: every token crosses to each destination *node* once.
+
+Semantics (the DeepEP convention): experts are split contiguously, expert e lives on rank e // (E/P).
+``topk_idx`` is int64 [T, k] with -1 meaning "no expert". Each rank receives one row per source token
+that chose at least one of its experts, ordered by (source rank, source token index).
+
+MultiWrite mode: for every destination node the sender packs, once, the rows of the tokens that go to
+that node, each with the bitmap of destination ranks on that node (the C++ core plans and packs). The
+packet crosses the network to one relay of that node, landing in the node's shared receive buffer;
+every rank then unpacks its own rows from shared memory. Tokens for the sender's own node are packed
+straight into that shared buffer.
+
+Unicast mode: one copy per destination rank (per-rank deduplication, the best flat scheme); results
+are identical.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from . import _core, _dtypes, _packets
+from ._config import check_mode
+from .errors import MismatchError, MultiwriteError
+from .group import resolve, tag_for
+
+OP = _packets.WIN_DISPATCH
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class DispatchHandle:
+    """What combine (and a cached dispatch) needs to reverse or repeat a dispatch.
+
+    Source side: ``node_offsets``/``node_tokens`` (tokens sent to each node, ascending),
+    ``rank_offsets``/``rank_tokens`` (per-rank lists, unicast). Receive side: ``recv_src_rank`` and
+    ``recv_src_token`` (int64 [R]: where each received row came from), ``recv_counts`` (int64 [P]:
+    rows from each source), plus the node buffer layout used to reduce per node in combine.
+    """
+
+    group: object
+    mode: str
+    num_experts: int
+    num_tokens: int
+    num_topk: int
+    hidden_bytes: int
+    dtype: torch.dtype
+    topk_idx: torch.Tensor
+    topk_weights: torch.Tensor
+    node_offsets: np.ndarray
+    node_tokens: np.ndarray
+    node_bitmaps: np.ndarray
+    rank_offsets: np.ndarray
+    rank_tokens: np.ndarray
+    node_counts: np.ndarray          # [P, N]: records each source sends to each node
+    rank_counts: np.ndarray          # [P, P]: rows each source sends to each rank
+    recv_counts: np.ndarray          # [P]: rows this rank received from each source
+    recv_src_rank: np.ndarray
+    recv_src_token: np.ndarray
+    local_recv_rows: np.ndarray      # [L]: rows each rank of this node received
+    reduce_index: dict = field(default_factory=dict)   # source rank -> int64 [M, L] rows to sum
+    recv_topk_idx: Optional[torch.Tensor] = None
+    recv_topk_weights: Optional[torch.Tensor] = None
+    num_recv_tokens_per_expert: Optional[List[int]] = None
+
+    @property
+    def num_recv_tokens(self):
+        return int(self.recv_counts.sum())
+
+
+def _rank_to_node(topo):
+    return np.asarray(topo.node_of, dtype=np.int64), np.asarray(topo.local_rank_of, dtype=np.int64)
+
+
+def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
+    """Local validation; returns an error message or None (shared with every rank before raising)."""
+    P = g.size
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        return f"x must be a 2-D tensor [num_tokens, hidden], got {getattr(x, 'shape', type(x))}"
+    if x.dtype not in _FLOAT_DTYPES:
+        return f"x must be float32, float16 or bfloat16, got {x.dtype}"
+    if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype != torch.int64 or topk_idx.dim() != 2:
+        return f"topk_idx must be an int64 tensor [num_tokens, k], got {getattr(topk_idx, 'dtype', type(topk_idx))} " \
+               f"{tuple(getattr(topk_idx, 'shape', ()))}"
+    if topk_idx.shape[0] != x.shape[0]:
+        return f"topk_idx has {topk_idx.shape[0]} rows but x has {x.shape[0]} tokens"
+    if topk_weights is not None:
+        if not isinstance(topk_weights, torch.Tensor) or topk_weights.dtype != torch.float32:
+            return f"topk_weights must be a float32 tensor, got {getattr(topk_weights, 'dtype', type(topk_weights))}"
+        if tuple(topk_weights.shape) != tuple(topk_idx.shape):
+            return f"topk_weights has shape {tuple(topk_weights.shape)}, topk_idx has {tuple(topk_idx.shape)}"
+    if int(num_experts) != num_experts or num_experts <= 0 or num_experts % P:
+        return f"num_experts={num_experts} must be a positive multiple of the group size {P}"
+    if topk_idx.numel():
+        lo, hi = int(topk_idx.min()), int(topk_idx.max())
+        if lo < -1 or hi >= num_experts:
+            bad = lo if lo < -1 else hi
+            return f"topk_idx holds expert id {bad}, outside [-1, {num_experts})"
+    return None
+
+
+def _agree(g, what, status, payload):
+    """Share every rank's status and small metadata; raise the same error everywhere if any rank failed."""
+    infos = g.allgather_obj((status, payload))
+    errors = [(r, s) for r, (s, _) in enumerate(infos) if s is not None]
+    if errors:
+        text = "; ".join(f"rank {r}: {s}" for r, s in errors)
+        raise (ValueError if any(r == g.rank for r, _ in errors) else MismatchError)(f"{what}: {text}")
+    return [p for _, p in infos]
+
+
+def get_dispatch_layout(topk_idx, num_experts, group=None):
+    """Where tokens go, without moving data (local, no communication).
+
+    topk_idx: int64 [T, k], -1 = no expert. Returns ``(num_tokens_per_rank int64 [P],
+    num_tokens_per_node int64 [N], num_tokens_per_expert int64 [E], is_token_in_rank bool [T, P])``.
+    """
+    g = resolve(group)
+    if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype != torch.int64 or topk_idx.dim() != 2:
+        raise TypeError("topk_idx must be an int64 tensor [num_tokens, k]")
+    node_of, _ = _rank_to_node(g.topo)
+    per_rank, per_node, per_expert, in_rank = _core.dispatch_layout(
+        np.ascontiguousarray(topk_idx.numpy()), int(num_experts), node_of)
+    return (torch.from_numpy(per_rank), torch.from_numpy(per_node), torch.from_numpy(per_expert),
+            torch.from_numpy(in_rank))
+
+
+def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=None, group=None, mode=None):
+    """Send every token to the ranks of its top-k experts.
+
+    x: [T, H] float32 / float16 / bfloat16. topk_idx: int64 [T, k] (-1 = none). topk_weights: float32
+    [T, k] (optional; zeros if None). num_experts: E, a multiple of the group size.
+    With ``handle`` (from an earlier dispatch of the same routing): a cached dispatch that reuses its
+    layout (topk_idx/topk_weights/num_experts are taken from the handle).
+    Returns ``(recv_x [R, H] (x's dtype), recv_topk_idx int64 [R, k] (local expert ids or -1),
+    recv_topk_weights float32 [R, k], num_recv_tokens_per_expert list[int] (E/P), handle)`` with rows
+    ordered by (source rank, source token).
+    """
+    g = resolve(group)
+    topo = g.topo
+    seq = g.next_seq()
+    what = f"dispatch (call #{seq})"
+    P, N = g.size, topo.num_nodes
+    cached = handle is not None
+    status = None
+    if cached:
+        if handle.group is not g:
+            status = "the handle comes from another group"
+        elif not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != handle.num_tokens:
+            status = f"x has shape {tuple(getattr(x, 'shape', ()))}, the handle was made for {handle.num_tokens} tokens"
+        elif x.dtype not in _FLOAT_DTYPES:
+            status = f"x must be float32, float16 or bfloat16, got {x.dtype}"
+        else:
+            topk_idx, topk_weights, num_experts = handle.topk_idx, handle.topk_weights, handle.num_experts
+            mode = handle.mode
+    else:
+        mode = g.mode if mode is None else check_mode(mode)
+        status = _check_inputs(g, x, topk_idx, topk_weights, num_experts)
+    T = x.shape[0] if status is None else 0
+    k = topk_idx.shape[1] if status is None else 0
+    row_bytes = x.shape[1] * x.element_size() if status is None else 0
+
+    if status is None and not cached:
+        node_of, local_of = _rank_to_node(topo)
+        idx_np = np.ascontiguousarray(topk_idx.numpy())
+        node_offsets, node_tokens, node_bitmaps = _core.plan_dispatch(idx_np, int(num_experts), node_of, local_of)
+        rank_offsets, rank_tokens = _core.plan_dispatch_per_rank(idx_np, int(num_experts), P)
+        if topk_weights is None:
+            topk_weights = torch.zeros(topk_idx.shape, dtype=torch.float32)
+        payload = (np.diff(node_offsets), np.diff(rank_offsets), row_bytes, k, str(x.dtype), int(num_experts), mode)
+    elif status is None:
+        payload = (handle.node_counts[g.rank], handle.rank_counts[g.rank], row_bytes, k, str(x.dtype),
+                   int(num_experts), mode)
+    else:
+        payload = None
+    infos = _agree(g, what, status, payload)
+    shapes = {p[2:] for p in infos}
+    if len(shapes) != 1:
+        raise MismatchError(f"{what}: ranks disagree on (row bytes, k, dtype, num_experts, mode): "
+                            + ", ".join(f"rank {r}: {p[2:]}" for r, p in enumerate(infos)))
+    if cached:
+        node_offsets, node_tokens, node_bitmaps = handle.node_offsets, handle.node_tokens, handle.node_bitmaps
+        rank_offsets, rank_tokens = handle.rank_offsets, handle.rank_tokens
+    node_counts = np.stack([np.asarray(p[0], dtype=np.int64) for p in infos])    # [P, N]
+    rank_counts = np.stack([np.asarray(p[1], dtype=np.int64) for p in infos])    # [P, P]
+    unicast = mode == "unicast"
+
+    rec = _core.record_size(row_bytes, k)
+    x_bytes = x.detach().contiguous().view(torch.uint8).numpy().reshape(T, row_bytes) if T else \
+        np.zeros((0, row_bytes), dtype=np.uint8)
+    idx_np = np.ascontiguousarray(topk_idx.numpy())
+    w_np = np.ascontiguousarray(topk_weights.detach().numpy())
+
+    # Node receive buffer: records from every source for this node, in source-rank order. In unicast
+    # mode, remote sources' records for this rank go to a private buffer instead.
+    node = topo.node
+    local_src = [s for s in range(P) if topo.node_of[s] == node]
+    node_in = node_counts[:, node].copy()
+    if unicast:
+        node_in[[s for s in range(P) if topo.node_of[s] != node]] = 0
+    node_off = np.zeros(P + 1, dtype=np.int64)
+    np.cumsum(node_in * rec, out=node_off[1:])
+    window_id = OP + 256 * _dtypes.code(str(x.dtype).replace("torch.", ""))
+    need, mismatch = g.node_agree(what, (OP, seq, row_bytes, k, window_id, int(unicast), int(node_off[-1])),
+                                  need_bytes=int(node_off[-1]))
+    if mismatch is not None:
+        raise mismatch   # after a successful global agreement this is an internal inconsistency
+    node_buf = g.node_buffer("dispatch_recv", need)
+    tag = tag_for(OP, seq)
+
+    recvs, checks = [], []
+    headers_in = _packets.header_buffers(g, "dispatch_hin", P)
+    remote = [s for s in range(P) if topo.node_of[s] != node]
+    if unicast:
+        uni_in = rank_counts[:, g.rank] * rec
+        uni_in[local_src] = 0
+        uni_off = np.zeros(P + 1, dtype=np.int64)
+        np.cumsum(uni_in, out=uni_off[1:])
+        uni_buf = g.private_buffer("dispatch_unicast_recv", int(uni_off[-1]))
+        for s in remote:
+            if rank_counts[s, g.rank]:
+                recvs.append(g.recv(headers_in[s], s, tag))
+                recvs.append(g.recv(uni_buf[uni_off[s]:uni_off[s + 1]], s, tag))
+                checks.append((s, int(uni_in[s]), 1 << topo.local_rank))
+    else:
+        for s in remote:
+            if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
+                recvs.append(g.recv(headers_in[s], s, tag))
+                recvs.append(g.recv(node_buf[node_off[s]:node_off[s + 1]], s, tag))
+                checks.append((s, int(node_off[s + 1] - node_off[s]), 0))
+
+    # Pack: own node straight into shared memory; remote nodes (or ranks) into a private send buffer.
+    sends = []
+    mine = slice(node_offsets[node], node_offsets[node + 1])
+    if node_counts[g.rank, node]:
+        _core.pack_records(x_bytes, idx_np, w_np, node_tokens[mine], node_bitmaps[mine],
+                           node_buf[node_off[g.rank]:node_off[g.rank + 1]])
+        g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
+    if unicast:
+        units = [(d, topo.node_of[d], rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
+                  np.full(int(rank_counts[g.rank, d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
+                 for d in range(P) if topo.node_of[d] != node and rank_counts[g.rank, d]]
+    else:
+        units = [(topo.relay_for(g.rank, m), m, node_tokens[node_offsets[m]:node_offsets[m + 1]],
+                  node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
+                 for m in range(N) if m != node and node_counts[g.rank, m]]
+    total = sum(len(u[2]) for u in units) * rec
+    send_buf = g.private_buffer("dispatch_send", total)
+    headers_out = _packets.header_buffers(g, "dispatch_hout", len(units))
+    pos = 0
+    for i, (dst, m, tokens, bitmaps) in enumerate(units):
+        nbytes = len(tokens) * rec
+        part = send_buf[pos:pos + nbytes]
+        pos += nbytes
+        _core.pack_records(x_bytes, idx_np, w_np, tokens, bitmaps, part)
+        bitmap_all = int(np.bitwise_or.reduce(bitmaps)) if len(bitmaps) else 0
+        _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
+                       dest_bitmap=bitmap_all, offset=0, payload_len=nbytes)
+        g.stats.add_inter(_packets.HEADER + nbytes, m)
+        sends.append(g.transport.isend(headers_out[i], dst, tag))
+        sends.append(g.transport.isend(part, dst, tag))
+
+    g.wait_all(recvs, what)
+    for s, nbytes, _ in checks:
+        _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
+                       window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+    g.wait_all(sends, what)
+    g.node_barrier(what)        # the node buffer holds every record for this node
+
+    # Unpack my rows, in source order, from shared memory (and my private buffer in unicast mode).
+    L, lr = topo.local_size, topo.local_rank
+    regions = []
+    for s in range(P):
+        if node_in[s]:
+            regions.append((s, node_buf[node_off[s]:node_off[s + 1]]))
+        elif unicast and s in remote and rank_counts[s, g.rank]:
+            regions.append((s, uni_buf[uni_off[s]:uni_off[s + 1]]))
+    fan = {s: _core.fanout_counts(buf, row_bytes, k, L) for s, buf in regions}
+    recv_counts = np.zeros(P, dtype=np.int64)
+    for s, counts in fan.items():
+        recv_counts[s] = counts[lr]
+    R = int(recv_counts.sum())
+    H = x.shape[1]
+    recv_x = torch.empty((R, H), dtype=x.dtype)
+    recv_idx = torch.empty((R, k), dtype=torch.int64)
+    recv_w = torch.empty((R, k), dtype=torch.float32)
+    src_token = np.empty(R, dtype=np.int64)
+    rx = recv_x.view(torch.uint8).numpy().reshape(R, row_bytes)
+    experts_per_rank = num_experts // P
+    lo = g.rank * experts_per_rank
+    row = 0
+    for s, buf in regions:
+        row += _core.unpack_records(buf, row_bytes, k, lr, lo, lo + experts_per_rank, rx, src_token,
+                                    recv_idx.numpy(), recv_w.numpy(), row)
+    assert row == R
+    src_rank = np.repeat(np.arange(P, dtype=np.int64), recv_counts)
+    per_expert = torch.bincount(recv_idx[recv_idx >= 0], minlength=experts_per_rank).tolist() \
+        if R else [0] * experts_per_rank
+
+    # Layout for combine: rows each local rank holds, and for the sources whose node partial sums
+    # this rank computes (remote sources it relays, and itself), which rows to add per record.
+    local_rows = np.zeros(L, dtype=np.int64)
+    for counts in fan.values():
+        local_rows += counts
+    if unicast:
+        # Remote sources' rows are private to each rank: only own-node records are reduced per node.
+        local_rows = np.zeros(L, dtype=np.int64)
+        for s, buf in regions:
+            if topo.node_of[s] == node:
+                local_rows += fan[s]
+    reduce_index = _reduce_index(g, regions, fan, local_rows, unicast, rec)
+    if cached:
+        new = handle
+        new.recv_counts = recv_counts
+        new.recv_src_rank, new.recv_src_token = src_rank, src_token
+    else:
+        new = DispatchHandle(
+            group=g, mode=mode, num_experts=int(num_experts), num_tokens=T, num_topk=k, hidden_bytes=row_bytes,
+            dtype=x.dtype, topk_idx=topk_idx, topk_weights=topk_weights, node_offsets=node_offsets,
+            node_tokens=node_tokens, node_bitmaps=node_bitmaps, rank_offsets=rank_offsets,
+            rank_tokens=rank_tokens, node_counts=node_counts, rank_counts=rank_counts, recv_counts=recv_counts,
+            recv_src_rank=src_rank, recv_src_token=src_token, local_recv_rows=local_rows,
+            reduce_index=reduce_index, recv_topk_idx=recv_idx, recv_topk_weights=recv_w,
+            num_recv_tokens_per_expert=per_expert)
+    return recv_x, recv_idx, recv_w, per_expert, new
+
+
+def _reduce_index(g, regions, fan, local_rows, unicast, rec):
+    """For every source whose per-node partial sum this rank will compute in combine: int64 [M, L],
+    the row (in the node's combine staging: local ranks' outputs stacked in local-rank order) of each
+    record's copy at each local rank, or -1."""
+    topo = g.topo
+    node = topo.node
+    L = topo.local_size
+    base = np.zeros(L, dtype=np.int64)
+    np.cumsum(local_rows[:-1], out=base[1:])
+    start = np.zeros(L, dtype=np.int64)      # next row of each local rank, walking sources in order
+    index = {}
+    for s, buf in regions:
+        if unicast and topo.node_of[s] != node:
+            continue    # rows private to this rank: combine sends them back as they are
+        counts = fan[s]
+        computes = (s == g.rank) if topo.node_of[s] == node else (topo.relay_for(s, node) == g.rank)
+        if computes:
+            bitmaps = np.ascontiguousarray(buf.reshape(-1, rec)[:, 8:16]).view(np.uint64).ravel()
+            pos = _core.fanout_positions(bitmaps, L)
+            index[s] = np.where(pos >= 0, pos + start + base, -1)
+        start += counts
+    return index

@@ -1,0 +1,165 @@
+"""Multi-process MoE dispatch/combine checks against a reference built from all ranks' inputs
+(DeepEP-style tests). Run by tests/test_moe_mp.py under mpirun and torchrun."""
+import sys
+
+import numpy as np
+import torch
+
+import multiwrite as mw
+from multiwrite import _core
+
+
+def routing(case, rank, T, E, k, P):
+    g = torch.Generator().manual_seed(77 + rank)
+    if case == "uniform":
+        scores = torch.rand(T, E, generator=g)
+    elif case == "skewed":      # a few hot experts
+        scores = torch.rand(T, E, generator=g) * torch.linspace(0.05, 3.0, E) ** 4
+    elif case == "one_node":    # every token to experts of node 0's ranks (ranks 0..1 with L=2)
+        scores = torch.rand(T, E, generator=g)
+        scores[:, 2 * E // P:] = -1
+    elif case == "all_none":
+        return torch.full((T, k), -1, dtype=torch.int64), torch.zeros(T, k)
+    else:
+        raise ValueError(case)
+    w, idx = torch.topk(scores, k, dim=1)
+    if case == "uniform":       # sprinkle -1 slots
+        idx[torch.rand(T, k, generator=g) < 0.1] = -1
+    return idx, w.float()
+
+
+def tokens(rank, T, H, dtype):
+    # row t of rank r: value r*1000 + t in column 0, then a rank/token-dependent pattern
+    base = torch.arange(T, dtype=torch.float32)[:, None] + 1000 * rank
+    cols = torch.arange(H, dtype=torch.float32)[None, :] % 7
+    return (base + cols / 8).to(dtype)
+
+
+def reference(P, E, inputs, me):
+    """Rows rank ``me`` must receive: [(src, t)] in (source rank, token) order."""
+    per = E // P
+    rows = []
+    for s, (x, idx, w) in enumerate(inputs):
+        for t in range(idx.shape[0]):
+            if ((idx[t] >= me * per) & (idx[t] < (me + 1) * per)).any():
+                rows.append((s, t))
+    return rows
+
+
+def run_case(buf, case, T, H, E, k, dtype, mode, check_bytes):
+    topo = mw.topology()
+    P, r = topo.world_size, topo.rank
+    g = mw.default_group()
+    Ti = 0 if case == "empty" else T + r          # unequal token counts across ranks
+    idx, w = routing("uniform" if case == "empty" else case, r, Ti, E, k, P)
+    x = tokens(r, Ti, H, dtype)
+    inputs = g.transport.allgather_obj((x, idx, w))
+    mw.reset_stats()
+    recv_x, recv_idx, recv_w, per_expert, handle = buf.dispatch(x, idx, w, E) if mode is None else \
+        mw.Buffer(mode=mode).dispatch(x, idx, w, E)
+    st = mw.stats()["inter_node"]
+    ref = reference(P, E, inputs, r)
+    assert recv_x.shape == (len(ref), H), (recv_x.shape, len(ref))
+    per = E // P
+    exp_x = torch.stack([inputs[s][0][t] for s, t in ref]) if ref else torch.empty(0, H, dtype=dtype)
+    assert torch.equal(recv_x.view(torch.int16) if dtype == torch.bfloat16 else recv_x,
+                       exp_x.view(torch.int16) if dtype == torch.bfloat16 else exp_x), f"{case}: rows differ"
+    for i, (s, t) in enumerate(ref):
+        gidx = inputs[s][1][t]
+        local = torch.where((gidx >= r * per) & (gidx < (r + 1) * per), gidx - r * per, torch.full_like(gidx, -1))
+        assert torch.equal(recv_idx[i], local), (case, i, recv_idx[i], local)
+        assert torch.equal(recv_w[i], inputs[s][2][t])
+    assert list(handle.recv_src_rank) == [s for s, _ in ref] and list(handle.recv_src_token) == [t for _, t in ref]
+    exp_counts = [int(sum(int(((inputs[s][1][t] == r * per + e)).any()) for s, t in ref)) for e in range(per)]
+    assert per_expert == exp_counts, (per_expert, exp_counts)
+    # layout agrees with an independent count
+    layout = buf.get_dispatch_layout(idx, E)
+    in_rank = torch.zeros(Ti, P, dtype=torch.bool)
+    for t in range(Ti):
+        for e in idx[t].tolist():
+            if e >= 0:
+                in_rank[t, e // per] = True
+    assert torch.equal(layout[3], in_rank) and torch.equal(layout[0], in_rank.sum(0))
+    # inter-node bytes: MultiWrite = distinct remote nodes per token, unicast = distinct remote ranks
+    rec = _core.record_size(H * x.element_size(), k)
+    remote_nodes = remote_ranks = 0
+    nodes_hit, ranks_hit = set(), set()
+    for t in range(Ti):
+        ranks = {e // per for e in idx[t].tolist() if e >= 0}
+        rr = {d for d in ranks if topo.node_of[d] != topo.node}
+        nn = {topo.node_of[d] for d in rr}
+        remote_ranks += len(rr)
+        remote_nodes += len(nn)
+        nodes_hit |= nn
+        ranks_hit |= rr
+    effective = mode or buf.mode
+    if check_bytes:
+        want = (remote_nodes * rec + 64 * len(nodes_hit)) if effective == "multiwrite" else \
+            (remote_ranks * rec + 64 * len(ranks_hit))
+        assert st["bytes"] == want, f"{case} {effective}: {st['bytes']} inter-node bytes, expected {want}"
+    # combine round trip: each token comes back times its number of distinct destination ranks
+    y = (mw.Buffer(mode=mode) if mode else buf).combine(recv_x.float(), handle)
+    ndest = in_rank.sum(1).float()[:, None]
+    assert torch.allclose(y, x.float() * ndest, rtol=1e-5, atol=1e-3), f"{case}: combine round trip"
+    # weighted combine: experts scale by their slot weights
+    weights = torch.where(recv_idx >= 0, recv_w, torch.zeros_like(recv_w)).sum(1, keepdim=True)
+    yw = (mw.Buffer(mode=mode) if mode else buf).combine(recv_x.float() * weights, handle)
+    wsum = torch.where(idx >= 0, w, torch.zeros_like(w)).sum(1, keepdim=True)
+    assert torch.allclose(yw, x.float() * wsum, rtol=1e-5, atol=1e-3), f"{case}: weighted combine"
+    return recv_x, y, yw, handle
+
+
+def main():
+    mw.init()
+    topo = mw.topology()
+    P = topo.world_size
+    buf = mw.Buffer()
+    E, k = 4 * P, 3
+    for dtype, H in ((torch.float32, 16), (torch.bfloat16, 33), (torch.float16, 8)):
+        for case in ("uniform", "skewed", "one_node", "all_none", "empty"):
+            for mode in ("multiwrite", "unicast"):
+                run_case(buf, case, 12, H, E, k, dtype, mode, check_bytes=True)
+    # both modes: identical dispatch, combine within 1e-5, bitwise deterministic
+    a = run_case(buf, "uniform", 40, 64, E, k, torch.float32, "multiwrite", False)
+    b = run_case(buf, "uniform", 40, 64, E, k, torch.float32, "unicast", False)
+    a2 = run_case(buf, "uniform", 40, 64, E, k, torch.float32, "multiwrite", False)
+    assert torch.equal(a[0], b[0])
+    assert torch.allclose(a[2], b[2], rtol=1e-5, atol=0), (a[2] - b[2]).abs().max()
+    assert torch.equal(a[1], a2[1]) and torch.equal(a[2], a2[2]), "combine is not deterministic"
+    # cached dispatch reuses the layout
+    x2 = tokens(topo.rank, 40 + topo.rank, 64, torch.float32) * 2
+    c = buf.dispatch(x2, handle=a[3])
+    assert torch.equal(c[0], a[0] * 2)
+    # errors: every rank gets one, no hang
+    bad_idx = torch.zeros(5, k, dtype=torch.int64)
+    if topo.rank == 1:
+        bad_idx[2, 1] = E + 5
+    try:
+        buf.dispatch(torch.zeros(5, 8), bad_idx, torch.zeros(5, k), E)
+    except ValueError as e:
+        assert f"expert id {E + 5}" in str(e), str(e)
+    else:
+        raise AssertionError("out-of-range expert not reported")
+    for args, text in [((torch.zeros(5, 8), torch.zeros(5, k, dtype=torch.int64), torch.zeros(5, k), E + 1), "multiple"),
+                       ((torch.zeros(5, 8), torch.zeros(4, k, dtype=torch.int64), torch.zeros(4, k), E), "rows"),
+                       ((torch.zeros(5, 8), torch.zeros(5, k, dtype=torch.int64), torch.zeros(5, k + 1), E), "shape"),
+                       ((torch.zeros(5, 8, dtype=torch.int32), torch.zeros(5, k, dtype=torch.int64), None, E), "float32")]:
+        try:
+            buf.dispatch(*args)
+        except ValueError as e:
+            assert text in str(e), (text, str(e))
+        else:
+            raise AssertionError(f"no error for {text}")
+    try:
+        buf.combine(torch.zeros(a[0].shape[0] + 1, 64), a[3])
+    except ValueError as e:
+        assert "rows" in str(e)
+    else:
+        raise AssertionError("combine shape mismatch not reported")
+    if topo.rank == 0:
+        print(f"moe OK: {topo}", flush=True)
+    mw.finalize()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
