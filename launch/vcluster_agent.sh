@@ -36,4 +36,4 @@ case "$ns" in
     *-n[0-9]*) VCLUSTER_NODE_RANK=${ns##*-n}; VCLUSTER_NODE_NAME=$ns
                export VCLUSTER_NODE_RANK VCLUSTER_NODE_NAME ;;
 esac
-exec ip netns exec "$ns" unshare --uts -- sh -c 'hostname "$0" && exec sh -c "$1"' "$ns" "$*"
+exec ip netns exec "$ns" unshare --uts -- sh -c 'printf "%s\n" "$0" > /proc/sys/kernel/hostname && exec sh -c "$1"' "$ns" "$*"

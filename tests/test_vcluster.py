@@ -206,7 +206,9 @@ def test_torchrun_2x2():
     assert r["size"] == 4 and r["ranks"] == [0, 1, 2, 3]
     assert r["hosts"] == [f"{prefix}-n0", f"{prefix}-n1"]
     assert len(r["netns"]) == 2 and r["tensors_ok"]
-    assert r["rate"] == "1000000000" and r["delay_us"] == "100"
+    assert r["rates"] == ["1000000000"] and r["delays_us"] == ["100"]     # every rank got the env
+    assert r["node_ranks"] == ["0", "0", "1", "1"]
+    assert r["host_of_rank"] == [f"{prefix}-n0"] * 2 + [f"{prefix}-n1"] * 2
 
 
 @vcl
@@ -220,7 +222,10 @@ def test_mpirun_2x2():
     (r,) = results(p.stdout)
     assert r["size"] == 4 and r["ranks"] == [0, 1, 2, 3]
     assert r["hosts"] == [f"{prefix}-n0", f"{prefix}-n1"]
-    assert len(r["netns"]) == 2
+    assert len(r["netns"]) == 2 and r["blobs_ok"] and r["sum"] == 6
+    assert r["rates"] == ["1000000000"] and r["delays_us"] == ["100"]     # every rank got the env
+    assert r["node_ranks"] == ["0", "0", "1", "1"]
+    assert r["host_of_rank"] == [f"{prefix}-n0"] * 2 + [f"{prefix}-n1"] * 2
     assert "[mpirun] [1,0]<stdout>" in p.stdout, explain(p)
 
 
