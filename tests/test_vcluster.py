@@ -191,6 +191,19 @@ def test_delay_rtt():
     assert r["min_us"] >= 19_500, r
 
 
+@vcl
+def test_delay_mode_netem_or_clear_error():
+    """--delay-mode netem uses the kernel's sch_netem; on a kernel without it vcluster says so."""
+    prefix = new_prefix("n")
+    p = vc(["--nodes", "2", "--delay", "2ms", "--delay-mode", "netem", "--timeout", "60"],
+           [PY, os.path.join(PROGS, "netprobe.py"), "rtt", "5"], prefix=prefix)
+    if p.returncode == 1 and "no sch_netem" in p.stderr:
+        return                                       # this kernel lacks CONFIG_NET_SCH_NETEM
+    assert p.returncode == 0, explain(p)
+    (r,) = results(p.stdout)
+    assert r["min_us"] >= 7_800, r
+
+
 # ------------------------------------------------------------------------------------------------------
 # launchers
 
@@ -267,7 +280,8 @@ def _procs_with(marker):
 
 
 @vcl
-def test_sigterm_tears_down():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_tears_down(sig):
     prefix = new_prefix("s")
     marker = f"99.{os.getpid()}{_counter[0]}"              # a unique `sleep` argument to find stragglers
     proc = subprocess.Popen([PY, VC, "--prefix", prefix, "--nodes", "2", "--", "sleep", marker],
@@ -277,15 +291,15 @@ def test_sigterm_tears_down():
         while time.monotonic() < deadline and len(_procs_with("sleep\0" + marker)) < 2:
             time.sleep(0.1)
         assert len(_procs_with("sleep\0" + marker)) == 2, "the nodes did not start"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
             subprocess.run([PY, VC, "--cleanup", prefix], capture_output=True, timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert b"interrupted by SIGTERM" in err and b"tearing down" in err
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name}".encode() in err and b"tearing down" in err
     assert_clean(prefix)
     assert _procs_with("sleep\0" + marker) == []
 
