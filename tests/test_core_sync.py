@@ -1,0 +1,202 @@
+"""multiwrite._core shared-memory sync: atomics, futex wait/wake across processes, timeouts, bounds
+checks, and copy_bytes."""
+import mmap
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from multiwrite import _core as c
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_atomics_basic_and_wraparound():
+    buf = np.zeros(16, np.uint8)
+    assert c.atomic_load_u32(buf, 4) == 0
+    c.atomic_store_u32(buf, 4, 2**32 - 2)
+    assert c.atomic_add_u32(buf, 4, 1) == 2**32 - 1
+    assert c.atomic_add_u32(buf, 4, 3) == 2                       # mod 2**32
+    assert c.atomic_load_u32(buf, 4) == 2
+    assert buf[4:8].view(np.uint32)[0] == 2 and buf[:4].sum() == 0 and buf[8:].sum() == 0
+    assert c.futex_wake(buf, 4) == 0                               # nobody waiting
+
+
+def test_wait_returns_true_at_once_and_false_on_timeout():
+    buf = np.zeros(8, np.uint8)
+    c.atomic_store_u32(buf, 0, 5)
+    assert c.wait_u32_ge(buf, 0, 5, 0.0)
+    assert c.wait_u32_ge(buf, 0, 0, 0.0)
+    t0 = time.monotonic()
+    assert c.wait_u32_ge(buf, 0, 6, 0.3) is False
+    elapsed = time.monotonic() - t0
+    assert 0.3 <= elapsed < 2.0
+    assert c.wait_u32_ge(buf, 0, 6, 0.0) is False
+
+
+@pytest.mark.parametrize("call", [
+    lambda b, o: c.atomic_load_u32(b, o),
+    lambda b, o: c.atomic_store_u32(b, o, 1),
+    lambda b, o: c.atomic_add_u32(b, o, 1),
+    lambda b, o: c.wait_u32_ge(b, o, 1, 0.0),
+    lambda b, o: c.futex_wake(b, o),
+])
+def test_word_bounds_and_alignment(call):
+    buf = np.zeros(16, np.uint8)
+    with pytest.raises(ValueError, match="offset 2 is not a multiple of 4"):
+        call(buf, 2)
+    with pytest.raises(ValueError, match=r"offset 16 \+ 4 exceeds the buffer of 16 bytes"):
+        call(buf, 16)
+    with pytest.raises(ValueError, match="offset must be >= 0, got -4"):
+        call(buf, -4)
+    with pytest.raises(ValueError, match=r"offset 0 \+ 4 exceeds the buffer of 3 bytes"):
+        call(buf[:3], 0)
+    with pytest.raises(ValueError, match="word at offset 0 is not 4-byte aligned in memory"):
+        call(np.zeros(32, np.uint8)[1:17], 0)
+    with pytest.raises(ValueError, match="buf must have dtype uint8, got uint32"):
+        call(buf.view(np.uint32), 0)
+
+
+def test_value_and_timeout_errors():
+    buf = np.zeros(8, np.uint8)
+    with pytest.raises(ValueError, match=r"value = 4294967296 out of range \[0, 4294967295\]"):
+        c.atomic_add_u32(buf, 0, 2**32)
+    with pytest.raises(ValueError, match="value must be >= 0, got -1"):
+        c.atomic_store_u32(buf, 0, -1)
+    with pytest.raises(ValueError, match="target = 4294967296 out of range"):
+        c.wait_u32_ge(buf, 0, 2**32, 0.1)
+    with pytest.raises(ValueError, match="timeout_s must be >= 0 or None, got -1"):
+        c.wait_u32_ge(buf, 0, 1, -1.0)
+    ro = np.zeros(8, np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="buf must be writeable"):
+        c.atomic_add_u32(ro, 0, 1)
+    with pytest.raises(ValueError, match="buf must be writeable"):
+        c.atomic_store_u32(ro, 0, 1)
+    assert c.atomic_load_u32(ro, 0) == 0                           # loads need no write access
+
+
+def _forked_waiter(shared, timeout):
+    buf = np.frombuffer(shared, dtype=np.uint8)
+    ok = c.wait_u32_ge(buf, 0, 1, timeout)                         # sleeps on the futex
+    c.atomic_store_u32(buf, 8, 2 if ok else 3)
+    c.atomic_add_u32(buf, 4, 1)                                    # wakes the parent
+    os._exit(0)
+
+
+def test_futex_wait_wake_across_forked_processes():
+    shared = mmap.mmap(-1, 4096)                                   # MAP_SHARED | MAP_ANONYMOUS
+    buf = np.frombuffer(shared, dtype=np.uint8)
+    proc = mp.get_context("fork").Process(target=_forked_waiter, args=(shared, 20.0))
+    proc.start()
+    try:
+        time.sleep(0.3)                                            # let the child go to sleep
+        assert c.atomic_load_u32(buf, 4) == 0
+        t0 = time.monotonic()
+        c.atomic_add_u32(buf, 0, 1)
+        assert c.wait_u32_ge(buf, 4, 1, 20.0)
+        assert time.monotonic() - t0 < 5.0                         # woken, not timed out
+        assert c.atomic_load_u32(buf, 8) == 2
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+
+
+def test_futex_timeout_in_child_process():
+    shared = mmap.mmap(-1, 4096)
+    buf = np.frombuffer(shared, dtype=np.uint8)
+    proc = mp.get_context("fork").Process(target=_forked_waiter, args=(shared, 0.2))
+    proc.start()
+    assert c.wait_u32_ge(buf, 4, 1, 20.0)
+    proc.join(10)
+    assert c.atomic_load_u32(buf, 8) == 3                          # the child timed out
+
+
+_CHILD = textwrap.dedent("""
+    import importlib.util, mmap, sys
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("_core", sys.argv[1])
+    c = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(c)
+    with open(sys.argv[2], "r+b") as f:
+        m = mmap.mmap(f.fileno(), 4096)
+    buf = np.frombuffer(m, dtype=np.uint8)
+    c.atomic_add_u32(buf, 4, 1)                      # "ready"
+    ok = c.wait_u32_ge(buf, 0, 7, 20.0)
+    c.atomic_store_u32(buf, 8, 1 if ok else 2)
+    c.atomic_add_u32(buf, 4, 1)
+""")
+
+
+def test_futex_across_unrelated_processes_mapping_one_file():
+    """Two interpreters map the same file at different addresses: the futex must be shared."""
+    fd, path = tempfile.mkstemp(prefix="mw-core-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        os.ftruncate(fd, 4096)
+        m = mmap.mmap(fd, 4096)
+        buf = np.frombuffer(m, dtype=np.uint8)
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, c.__file__, path])
+        try:
+            assert c.wait_u32_ge(buf, 4, 1, 30.0), "child did not start"
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            c.atomic_store_u32(buf, 0, 7)                          # a store wakes waiters too
+            assert c.wait_u32_ge(buf, 4, 2, 20.0)
+            assert time.monotonic() - t0 < 5.0
+            assert c.atomic_load_u32(buf, 8) == 1
+            assert child.wait(20) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        del buf
+        m.close()
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def test_copy_bytes():
+    dst = np.zeros(16, np.uint8)
+    c.copy_bytes(dst, np.arange(4, dtype=np.uint8), 10)
+    assert dst.tolist() == [0] * 10 + [0, 1, 2, 3] + [0, 0]
+    c.copy_bytes(dst, np.full(16, 9, np.uint8))
+    assert (dst == 9).all()
+    c.copy_bytes(dst, np.zeros(0, np.uint8), 16)                   # empty copy at the end is fine
+    big = np.arange(1 << 18, dtype=np.uint32).view(np.uint8)
+    out = np.empty((2, 1 << 21), np.uint8)
+    c.copy_bytes(out, big, 1 << 20)
+    assert out.reshape(-1)[1 << 20:(1 << 20) + big.size].tobytes() == big.tobytes()
+    with pytest.raises(ValueError, match=r"copy of 4 bytes at dst_offset 13 exceeds dst of 16 bytes"):
+        c.copy_bytes(dst, np.zeros(4, np.uint8), 13)
+    with pytest.raises(ValueError, match=r"copy of 0 bytes at dst_offset 17 exceeds dst of 16 bytes"):
+        c.copy_bytes(dst, np.zeros(0, np.uint8), 17)
+    with pytest.raises(ValueError, match="dst_offset must be >= 0, got -1"):
+        c.copy_bytes(dst, np.zeros(4, np.uint8), -1)
+    with pytest.raises(ValueError, match="src must have dtype uint8, got float32"):
+        c.copy_bytes(dst, np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match="dst must be C-contiguous"):
+        c.copy_bytes(np.zeros(32, np.uint8)[::2], np.zeros(1, np.uint8))
+    ro = dst.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="dst must be writeable"):
+        c.copy_bytes(ro, np.zeros(1, np.uint8))
+
+
+def test_wait_releases_the_gil():
+    import threading
+    buf = np.zeros(8, np.uint8)
+    t = threading.Thread(target=lambda: (time.sleep(0.2), c.atomic_add_u32(buf, 0, 1)))
+    t0 = time.monotonic()
+    t.start()
+    assert c.wait_u32_ge(buf, 0, 1, 10.0)                          # the thread could run: GIL released
+    assert time.monotonic() - t0 < 5.0
+    t.join()
