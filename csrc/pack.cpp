@@ -118,7 +118,8 @@ int64_t py_pack_records(py::array x, py::array topk_idx, py::array topk_weights,
             std::memcpy(rec + L.off_idx, ids + t * k, 8 * k);
             std::memcpy(rec + L.off_w, ws + t * k, 4 * k);
             std::memset(rec + L.off_w + 4 * k, 0, w_pad);
-            copy_row(rec + L.off_row, xs + t * rb, rb, stream);
+            const uint8_t* next = j + 1 < M ? xs + static_cast<uint64_t>(ti[j + 1]) * rb : nullptr;
+            copy_row(rec + L.off_row, xs + t * rb, rb, stream, next);
             std::memset(rec + L.off_row + rb, 0, row_pad);
         }
         if (stream) stream_fence();
