@@ -8,6 +8,10 @@ Works on NumPy arrays only (bfloat16 travels as uint16 bits), validates every si
 before touching memory, raises ValueError (PacketError for malformed packets and record buffers)
 with a precise message, and releases the GIL while touching bulk data.)";
 
+    // Every docstring starts with its own Python signature (with shapes and dtypes below it).
+    pybind11::options options;
+    options.disable_function_signatures();
+
     static pybind11::exception<mw::PacketError> packet_error(m, "PacketError", PyExc_ValueError);
     packet_error.doc() = "A malformed, truncated or inconsistent packet or record buffer (a ValueError).";
     pybind11::register_exception_translator([](std::exception_ptr p) {

@@ -427,3 +427,36 @@ def test_round_trip_plan_pack_unpack(data, dtype, H):
             has = pos[:, lr] >= 0
             np.testing.assert_array_equal(os_[start + pos[has, lr]], tokens[sel][has])
             assert has.sum() == got
+
+
+@pytest.mark.parametrize("row_bytes", [8192, 8195, 4100])
+def test_large_buffers_take_the_streaming_path(row_bytes):
+    """> 8 MiB packs and unpacks use non-temporal copies; odd row sizes misalign them."""
+    rng = np.random.default_rng(row_bytes)
+    k = 3
+    M = (9 << 20) // row_bytes + 1
+    T = 2 * M
+    xb = rng.integers(0, 256, size=(T, row_bytes), dtype=np.uint8)
+    topk = rng.integers(-1, 8, size=(T, k)).astype(np.int64)
+    w = rng.standard_normal((T, k)).astype(np.float32)
+    tokens = np.sort(rng.choice(T, size=M, replace=False)).astype(np.int64)
+    bitmaps = rng.integers(0, 4, size=M).astype(np.uint64) | np.uint64(1)
+    rs = c.record_size(row_bytes, k)
+    out = np.full(M * rs + 1, 0xAB, np.uint8)[1:]                 # an odd start address
+    assert c.pack_records(xb, topk, w, tokens, bitmaps, out) == M * rs
+    recs = out.reshape(M, rs)
+    np.testing.assert_array_equal(recs[:, :8].copy().view(np.int64)[:, 0], tokens)
+    np.testing.assert_array_equal(recs[:, rs - (row_bytes + 7) // 8 * 8:][:, :row_bytes], xb[tokens])
+    assert (recs[:, rs - (row_bytes + 7) // 8 * 8 + row_bytes:] == 0).all()
+    for lr in (0, 1):
+        want = tokens[(bitmaps >> np.uint64(lr)) & np.uint64(1) == 1]
+        n = len(want)
+        ox = np.zeros((n + 1, row_bytes), np.uint8)
+        os_ = np.zeros(n + 1, np.int64)
+        oi = np.zeros((n + 1, k), np.int64)
+        ow = np.zeros((n + 1, k), np.float32)
+        assert c.unpack_records(out, row_bytes, k, lr, 0, 8, ox, os_, oi, ow, 1) == n
+        np.testing.assert_array_equal(os_[1:], want)
+        np.testing.assert_array_equal(ox[1:], xb[want])
+        np.testing.assert_array_equal(ow[1:], w[want])
+        assert (ox[0] == 0).all()
