@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, WindowError
 from .group import Group, default_group, finalize, init
 from .allgather import all_gather
+from .broadcast import broadcast
+from . import backend as _backend  # registers the "multiwrite" torch.distributed backend
 
 
 def topology(group=None):

@@ -1,0 +1,125 @@
+"""Broadcast on MultiWrite: the root's payload crosses each remote node's link once.
+
+MultiWrite mode (default): the root sends one packet (64-byte header + payload) to one relay on every
+other node (the relay is chosen by ``topo.relay_for(root, node)``, spreading roots over a node's ranks);
+the relay receives it straight into the node's shared staging buffer, where every rank of that node
+reads it. On the root's own node the root writes the payload to the staging buffer directly.
+Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node sends nothing.
+
+Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
+straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Same results.
+"""
+import numpy as np
+
+from . import _dtypes, _packets, _tensors
+from ._config import check_mode
+from .errors import MismatchError, MultiwriteError
+from .group import resolve, tag_for
+
+OP = _packets.WIN_BROADCAST
+
+
+def broadcast(tensor, root=0, *, group=None, mode=None):
+    """Copy ``tensor`` of rank ``root`` into ``tensor`` of every rank of the group, in place, like
+    ``dist.broadcast(tensor, src=root)``.
+
+    tensor: torch tensor (CPU, any shape, dtype and strides; bfloat16 and bool included) or a
+    writable C-contiguous numpy array, with the same number of bytes and dtype on every rank.
+    root: rank of the group that holds the data. mode: None (the group's MULTIWRITE_MODE),
+    "multiwrite" or "unicast". Returns ``tensor``.
+    Raises MismatchError when ranks disagree on size, dtype or root, MultiwriteTimeout when a peer
+    is missing, ValueError for a root outside the group.
+    """
+    g = resolve(group)
+    mode = g.mode if mode is None else check_mode(mode)
+    root = int(root)
+    if not 0 <= root < g.size:
+        raise ValueError(f"broadcast: root {root} is outside the group (size {g.size})")
+    dtype = _tensors.dtype_name(tensor)
+    if g.rank == root:
+        src = _tensors.input_bytes(tensor)
+        broadcast_bytes(g, src, root, mode=mode, dtype=dtype)
+        return tensor
+    dst = _tensors.OutputBytes(tensor)
+    broadcast_bytes(g, dst.bytes, root, mode=mode, dtype=dtype)
+    return dst.commit()
+
+
+def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
+    """Byte-level broadcast: on ``root``, ``buf`` (uint8 [c]) is the source; elsewhere it receives."""
+    topo = g.topo
+    r, c = g.rank, buf.nbytes
+    seq = g.next_seq()
+    tag = tag_for(OP, seq)
+    window_id = OP + 256 * _dtypes.code(dtype)        # the dtype travels in every header
+    what = f"broadcast (call #{seq}, {c} bytes of {dtype} from rank {root})"
+    unicast = mode == "unicast"
+    root_node = topo.node_of[root]
+    need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), root), need_bytes=c)
+    on_root_node = topo.node == root_node
+    # The node's shared staging buffer is read by the root's node, and in MultiWrite mode by every
+    # node of more than one rank (its relay receives the single copy into it). Same on all local ranks.
+    uses_staging = topo.local_size > 1 and (on_root_node or not unicast)
+    staging = g.node_buffer("broadcast", need)[:c] if uses_staging else None
+
+    recvs, header_in, landing = [], None, None
+    if not on_root_node:
+        if not uses_staging:
+            landing = buf           # unicast, or a node of one rank: straight into the output
+        elif topo.relay_for(root, topo.node) == r:
+            landing = staging       # this rank relays the node's single copy
+        if landing is not None:
+            header_in = _packets.header_buffers(g, "broadcast_hin", 1)[0]
+            recvs.append(g.recv(header_in, root, tag))
+            recvs.append(g.recv(landing, root, tag))
+
+    sends = []
+    if r == root:
+        if uses_staging:
+            staging[:] = buf
+            g.stats.add_intra(c)
+        if unicast:
+            targets = [(d, topo.node_of[d], 1 << topo.local_rank_of[d])
+                       for d in range(g.size) if topo.node_of[d] != root_node]
+        else:
+            targets = [(topo.relay_for(root, m), m, _packets.full_bitmap(len(topo.node_ranks[m])))
+                       for m in range(topo.num_nodes) if m != root_node]
+        headers_out = _packets.header_buffers(g, "broadcast_hout", len(targets))
+        for i, (d, m, bitmap) in enumerate(targets):
+            _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
+                           dest_bitmap=bitmap, offset=0, payload_len=c)
+            g.stats.add_inter(_packets.HEADER + c, m)
+            sends.append(g.transport.isend(headers_out[i], d, tag))
+            sends.append(g.transport.isend(buf, d, tag))
+
+    try:
+        _wait_checked(g, recvs, what)
+        if header_in is not None:
+            _packets.check(header_in, what=what, window_id=window_id, seq=seq, src_rank=root,
+                           window_size=c, num_local_ranks=topo.local_size, payload_len=c)
+        g.wait_all(sends, what)
+    except Exception:
+        if mismatch is not None:
+            raise mismatch
+        raise
+    if mismatch is not None:
+        raise mismatch
+    if uses_staging:
+        g.node_barrier(what)    # the payload is in the node's staging buffer
+        if r != root:
+            buf[:] = staging
+    return buf
+
+
+def _wait_checked(g, requests, what):
+    """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
+    try:
+        g.wait_all(requests, what)
+    except MultiwriteError:
+        raise
+    except Exception as exc:  # MPI truncation, Gloo size errors
+        raise MismatchError(f"{what}: a peer's message does not fit what this rank expects "
+                            f"(sizes differ across ranks?): {exc}") from exc
+
+
+__all__ = ["broadcast", "broadcast_bytes"]
