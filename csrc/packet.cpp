@@ -155,12 +155,12 @@ const uint8_t* byte_input(const py::array& buf, const char* name) {
     return cdata<uint8_t>(buf);
 }
 
-uint32_t checksum(const uint8_t* p, uint64_t n) {
+uint32_t checksum(const uint8_t* p, uint64_t n, uint32_t prev = 0) {
     if (n >= GIL_FREE_BYTES) {
         py::gil_scoped_release nogil;
-        return crc32c(p, n);
+        return crc32c(p, n, prev);
     }
-    return crc32c(p, n);
+    return crc32c(p, n, prev);
 }
 
 // ---- Python entry points ----
@@ -313,12 +313,7 @@ py::dict py_parse_packet(py::array buf, py::object window_size, py::object num_l
 
 uint32_t py_crc32c(py::array data, uint32_t prev) {
     const uint8_t* p = byte_input(data, "data");
-    const uint64_t n = nbytes(data);
-    if (n >= GIL_FREE_BYTES) {
-        py::gil_scoped_release nogil;
-        return crc32c(p, n, prev);
-    }
-    return crc32c(p, n, prev);
+    return checksum(p, nbytes(data), prev);
 }
 
 }  // namespace

@@ -97,7 +97,8 @@ bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object tim
     const uint32_t tgt = static_cast<uint32_t>(to_u64(target, "target", 0xFFFFFFFFu));
     double timeout = INFINITY;
     if (!timeout_s.is_none()) {
-        timeout = timeout_s.cast<double>();
+        timeout = PyFloat_AsDouble(timeout_s.ptr());
+        if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
         if (std::isnan(timeout) || timeout < 0) value_error("timeout_s must be >= 0 or None, got ", timeout);
     }
     if (__atomic_load_n(w, __ATOMIC_ACQUIRE) >= tgt) return true;
