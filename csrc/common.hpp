@@ -65,7 +65,20 @@ inline void store(uint8_t* p, T v) {
 }
 
 inline int popcount64(uint64_t x) { return __builtin_popcountll(x); }
+inline int top_bit(uint64_t x) { return 63 - __builtin_clzll(x); }  // x != 0
+
+// True when bitmap names a local rank >= num_local_ranks (1..64).
+inline bool beyond(uint64_t bitmap, int num_local_ranks) {
+    return num_local_ranks < 64 && (bitmap >> num_local_ranks) != 0;
+}
 
 constexpr int MAX_LOCAL_RANKS = 64;
+
+// A num_local_ranks argument: 1..64.
+inline int local_ranks_arg(int64_t num_local_ranks) {
+    if (num_local_ranks < 1 || num_local_ranks > MAX_LOCAL_RANKS)
+        value_error("num_local_ranks must be in [1, 64], got ", num_local_ranks);
+    return static_cast<int>(num_local_ranks);
+}
 
 }  // namespace mw

@@ -45,9 +45,9 @@ uint64_t validate_records(const uint8_t* buf, uint64_t n, const Layout& L, int n
             packet_error("record ", j, ": src_token ", src, " does not follow ", prev,
                          " (records must be in increasing src_token order)");
         if (bm == 0) packet_error("record ", j, " (src_token ", src, "): empty destination bitmap");
-        if (num_local_ranks < 64 && (bm >> num_local_ranks) != 0)
+        if (beyond(bm, num_local_ranks))
             packet_error("record ", j, " (src_token ", src, "): bitmap ", hex(bm), " names local rank ",
-                         63 - __builtin_clzll(bm), " but the node has ", num_local_ranks, " local ranks");
+                         top_bit(bm), " but the node has ", num_local_ranks, " local ranks");
         prev = src;
         if (counts)
             for (uint64_t b = bm; b; b &= b - 1) ++counts[__builtin_ctzll(b)];
@@ -58,12 +58,6 @@ uint64_t validate_records(const uint8_t* buf, uint64_t n, const Layout& L, int n
 const uint8_t* record_buffer(const py::array& buf) {
     require(buf, "buf", DT::U8, -1);
     return cdata<uint8_t>(buf);
-}
-
-int local_ranks_arg(int64_t num_local_ranks) {
-    if (num_local_ranks < 1 || num_local_ranks > MAX_LOCAL_RANKS)
-        value_error("num_local_ranks must be in [1, 64], got ", num_local_ranks);
-    return static_cast<int>(num_local_ranks);
 }
 
 int64_t py_record_size(int64_t row_bytes, int64_t k) { return static_cast<int64_t>(layout(row_bytes, k).size); }
@@ -215,8 +209,8 @@ py::array_t<int64_t> py_fanout_positions(py::array rank_bitmap, int64_t num_loca
         int64_t next[MAX_LOCAL_RANKS] = {0};
         for (int64_t j = 0; j < M; ++j) {
             if (bm[j] == 0) value_error("rank_bitmap[", j, "] is 0");
-            if (nl < 64 && (bm[j] >> nl) != 0)
-                value_error("rank_bitmap[", j, "] = ", hex(bm[j]), " names local rank ", 63 - __builtin_clzll(bm[j]),
+            if (beyond(bm[j], nl))
+                value_error("rank_bitmap[", j, "] = ", hex(bm[j]), " names local rank ", top_bit(bm[j]),
                             " >= num_local_ranks ", nl);
             for (int l = 0; l < nl; ++l) o[j * nl + l] = (bm[j] >> l & 1) ? next[l]++ : -1;
         }

@@ -89,10 +89,9 @@ Header check_header(const uint8_t* p, uint64_t n, const Limits& lim) {
     if (lim.has_expected && h.window_id != lim.expected_window_id)
         packet_error("packet for window ", h.window_id, ", expected window ", lim.expected_window_id);
     if (h.dest_bitmap == 0) packet_error("destination bitmap is empty");
-    if (lim.num_local_ranks > 0 && lim.num_local_ranks < 64 && (h.dest_bitmap >> lim.num_local_ranks) != 0)
-        packet_error("destination bitmap ", hex(h.dest_bitmap), " names local rank ",
-                     63 - __builtin_clzll(h.dest_bitmap), " but the node has ", lim.num_local_ranks,
-                     " local ranks");
+    if (lim.num_local_ranks > 0 && beyond(h.dest_bitmap, lim.num_local_ranks))
+        packet_error("destination bitmap ", hex(h.dest_bitmap), " names local rank ", top_bit(h.dest_bitmap),
+                     " but the node has ", lim.num_local_ranks, " local ranks");
     if ((h.flags & FLAG_PER_DEST_OFFSETS) && h.offset != 0)
         packet_error("common offset ", h.offset, " must be 0 with FLAG_PER_DEST_OFFSETS");
     if (!(h.flags & FLAG_CHECKSUM) && h.payload_crc != 0)
@@ -121,7 +120,7 @@ Limits make_limits(py::object window_size, py::object num_local_ranks, py::objec
         lim.window_size = to_u64(window_size, "window_size");
     }
     if (!num_local_ranks.is_none())
-        lim.num_local_ranks = static_cast<int>(to_i64(num_local_ranks, "num_local_ranks", 1, MAX_LOCAL_RANKS));
+        lim.num_local_ranks = local_ranks_arg(to_i64(num_local_ranks, "num_local_ranks"));
     if (!expected_window_id.is_none()) {
         lim.has_expected = true;
         lim.expected_window_id = static_cast<uint32_t>(to_u64(expected_window_id, "expected_window_id", 0xFFFFFFFFu));
