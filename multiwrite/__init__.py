@@ -7,6 +7,8 @@ DESIGN.md for semantics; the public API:
     mw.init() / mw.finalize()          default group from mpirun (MPI) or torchrun (Gloo)
     mw.topology()                      rank, world_size, node, num_nodes, local_rank, local_size
     mw.all_gather(out, x)              AllGather on MultiWrite (or unicast with mode="unicast")
+    mw.Window(nbytes)                  one-sided windows: win.multi_write(src, ranks, offset), win.fence()
+    mw.Buffer()                        MoE dispatch / combine (DeepEP-style); mw.moe: autograd versions
     mw.stats() / mw.reset_stats()      bytes and messages per link class
 """
 __version__ = "0.1.0"
@@ -16,6 +18,9 @@ from .group import Group, default_group, finalize, init
 from .allgather import all_gather
 from .broadcast import broadcast
 from . import backend as _backend  # registers the "multiwrite" torch.distributed backend
+from .window import Window
+from .buffer import Buffer
+from . import moe
 
 
 def topology(group=None):
@@ -37,5 +42,5 @@ def reset_stats(group=None) -> None:
     resolve(group).stats.reset()
 
 
-__all__ = ["init", "finalize", "topology", "stats", "reset_stats", "all_gather", "Group",
+__all__ = ["init", "finalize", "topology", "stats", "reset_stats", "all_gather", "Window", "Buffer", "moe", "Group",
            "default_group", "MultiwriteError", "MultiwriteTimeout", "MismatchError", "WindowError"]

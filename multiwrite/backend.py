@@ -245,8 +245,8 @@ if dist is not None:
             self._lock = threading.Lock()
             self._finished = False
             self._future = None
-            if has_futures:
-                futs = [w.get_future() for w in self._inners]
+            futs = [_future_of(w) for w in self._inners] if has_futures else [None]
+            if all(f is not None for f in futs):
                 base = futs[0] if len(futs) == 1 else torch.futures.collect_all(futs)
                 self._future = base.then(self._on_done)
 
@@ -278,7 +278,8 @@ if dist is not None:
 
         def get_future(self):
             if self._future is None:
-                # Gloo's point-to-point works have no future: a helper thread completes one.
+                # Gloo's point-to-point and reduce-scatter works have no future: a helper thread
+                # completes one.
                 fut = torch.futures.Future()
 
                 def complete():
@@ -531,7 +532,7 @@ if dist is not None:
         # -- delegated to Gloo ----------------------------------------------------------------
         def _delegate(self, inners, contig, result):
             inners = inners if isinstance(inners, (list, tuple)) else [inners]
-            if not contig.needed and len(inners) == 1:
+            if not contig.needed and len(inners) == 1 and _future_of(inners[0]) is not None:
                 return inners[0]
             return _Work(inners, contig.write_back, result)
 
@@ -734,7 +735,16 @@ if dist is not None:
             self.shutdown()
 
     def _has_future(work):
-        return not isinstance(work, _Work) or work._future is not None
+        return _future_of(work) is not None
+
+    def _future_of(work):
+        """The Work's future, or None for Gloo works that have none (send/recv, reduce_scatter)."""
+        if isinstance(work, _Work):
+            return work._future
+        try:
+            return work.get_future()
+        except RuntimeError:
+            return None
 
 
 def _timeout_seconds(timeout):

@@ -26,6 +26,7 @@ from .transport import CompletedRequest, Request, wait_all
 _TAG_HEADER = 1
 _TAG_BODY = 2
 _TAG_OFFSETS = 3
+_STOP_WINDOW = 0xFFFFFFFF
 _PROCESSED_OFF = 0     # u32: packets the node relay has delivered for this window
 _ARRIVALS_OFF = 64     # u32 [local_size, world_size]: writes arrived per (destination, source)
 
@@ -244,8 +245,9 @@ class _RelayService:
 
     def __init__(self, g):
         self.group = g
-        # A transport of its own, so that relay traffic never matches operator messages.
-        self.transport = g.transport.split(list(range(g.size)))
+        # A transport of its own, so that relay traffic never matches operator messages; the relay
+        # thread may idle on it for long, hence the long default limit (senders pass their own).
+        self.transport = g.transport.split(list(range(g.size)), default_timeout_s=7 * 24 * 3600)
         self.windows = {}
         self.error = None
         self._stop = threading.Event()
@@ -267,19 +269,28 @@ class _RelayService:
             raise MultiwriteError(f"node relay failed: {self.error}") from self.error
 
     def stop(self):
+        """Collective (group close): every node leader's relay thread gets a STOP packet from the
+        leader of the next node (a Gloo receive cannot be cancelled), MPI's also sees the flag."""
+        g = self.group
+        topo = g.topo
         self._stop.set()
+        if topo.num_nodes > 1 and g.rank == topo.leader:
+            target = topo.node_ranks[(topo.node - 1) % topo.num_nodes][0]
+            header = np.empty(_packets.HEADER, dtype=np.uint8)
+            _core.build_header(header, window_id=_STOP_WINDOW, seq=0, src_rank=g.rank,
+                               dest_node=topo.node_of[target], dest_bitmap=1, offset=0, payload_len=0)
+            try:
+                self.transport.isend(header, target, _TAG_HEADER).wait(min(g.timeout_s, 10.0), "relay stop")
+            except Exception:
+                pass   # that node is gone already; its thread dies with its process
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
         self.transport.close()
 
     def _recv(self, buf, src, tag):
+        """The rest of a packet whose header arrived: it follows at once from the same sender."""
         req = self.transport.irecv(buf, src, tag)
-        sleep = 0.0
-        while not req.test():
-            if self._stop.is_set():
-                return None
-            sleep = min(max(sleep * 2, 2e-5), 1e-3)
-            time.sleep(sleep)
+        req.wait(self.group.timeout_s, f"relay receive from rank {src}")
         return req
 
     def _loop(self):
@@ -294,8 +305,11 @@ class _RelayService:
                 if src is None:
                     return
                 self._deliver(src, header, offsets)
-        except Exception as exc:  # reported by the next fence/wait on this node
+        except Exception as exc:  # reported by the next fence/wait on this node (and here, at once)
             self.error = exc
+            import sys
+            print(f"multiwrite: node {g.topo.node} relay (rank {g.rank}) stopped: {exc!r}", file=sys.stderr,
+                  flush=True)
 
     def _recv_any_mpi(self, header):
         MPI = self.transport.MPI
@@ -312,14 +326,9 @@ class _RelayService:
 
     def _recv_any_gloo(self, header):
         import torch
-        t = torch.from_numpy(header)
-        work = self.transport.pg.recv_anysource([t], _TAG_HEADER)
-        sleep = 0.0
-        while not work.is_completed():
-            if self._stop.is_set():
-                return None
-            sleep = min(max(sleep * 2, 2e-5), 1e-3)
-            time.sleep(sleep)
+        # Gloo completes a receive only inside wait(), which cannot be interrupted: the thread
+        # blocks here (GIL released) until a packet or the STOP packet of stop() arrives.
+        work = self.transport.pg.recv_anysource([torch.from_numpy(header)], _TAG_HEADER)
         work.wait()
         return work.source_rank()
 
@@ -327,6 +336,9 @@ class _RelayService:
         g = self.group
         topo = g.topo
         info = _core.parse_header(header, num_local_ranks=topo.local_size)
+        if info["window_id"] == _STOP_WINDOW:
+            self._stop.set()
+            return
         win = self.windows.get(info["window_id"])
         if win is None:
             raise WindowError(f"rank {src} wrote to window {info['window_id']}, which is not (or no longer) "

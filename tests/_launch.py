@@ -30,7 +30,7 @@ def command(launcher, nprocs, script, args=()):
     if launcher == "mpirun":
         cmd = ["mpirun", "-n", str(nprocs), "--oversubscribe", "--bind-to", "none",
                "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo",
-               "--mca", "oob_tcp_if_include", "lo"]
+               ]
         if os.geteuid() == 0:
             cmd.append("--allow-run-as-root")
         return cmd + [sys.executable, script, *args]

@@ -89,8 +89,9 @@ class Transport:
         """Gather a small int64 vector from every rank: returns int64 [size, len(values)]."""
         return np.asarray(self.allgather_obj(np.asarray(values, dtype=np.int64)), dtype=np.int64)
 
-    def split(self, ranks):
-        """A transport over the sub-list ``ranks`` (every rank of this transport must call it)."""
+    def split(self, ranks, default_timeout_s=None):
+        """A transport over the sub-list ``ranks`` (every rank of this transport must call it).
+        ``default_timeout_s``: the limit of waits that give none (a service thread idles that long)."""
         raise NotImplementedError
 
     def close(self) -> None:

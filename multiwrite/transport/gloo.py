@@ -79,15 +79,17 @@ class GlooTransport(Transport):
     def barrier(self):
         self.allgather_obj(None)
 
-    def split(self, ranks):
+    def split(self, ranks, default_timeout_s=None):
         ranks = list(ranks)
         key = "_".join(map(str, ranks))
         # Every member of the parent must call split in the same order, so a counter is consistent.
         self._splits = getattr(self, "_splits", 0) + 1
         if self.rank not in ranks:
             return None
-        return GlooTransport(self.store, ranks.index(self.rank), len(ranks), self.timeout_s,
-                             prefix=f"{self.prefix}/split{self._splits}/{key}")
+        sub = GlooTransport(self.store, ranks.index(self.rank), len(ranks), default_timeout_s or self.timeout_s,
+                            prefix=f"{self.prefix}/split{self._splits}/{key}")
+        sub.timeout_s = self.timeout_s
+        return sub
 
     def close(self):
         pg, self.pg = getattr(self, "pg", None), None

@@ -65,7 +65,7 @@ class MPITransport(Transport):
     def _wait(self, req, what):
         wait_polling(_MPIRequest(req, None, what), self.timeout_s, what)
 
-    def split(self, ranks):
+    def split(self, ranks, default_timeout_s=None):
         ranks = list(ranks)
         color = 0 if self.rank in ranks else self.MPI.UNDEFINED
         key = ranks.index(self.rank) if self.rank in ranks else 0

@@ -58,9 +58,11 @@ def main():
                 expected[off:off + n] = payload
                 arrivals[s] += 1
             assert np.array_equal(win.buffer, expected), \
-                f"rank {topo.rank} round {rnd} src {s}: window differs at " \
-                f"{np.nonzero(win.buffer != expected)[0][:10]}"
-        assert np.array_equal(win.arrivals(), arrivals), (win.arrivals(), arrivals)
+                f"rank {topo.rank} round {rnd} src {s} (dests {dests}, {n} B at {offs}): window differs at " \
+                f"{np.nonzero(win.buffer != expected)[0][:10]}: got {win.buffer[win.buffer != expected][:8]} "\
+                f"expected {expected[win.buffer != expected][:8]}"
+            assert np.array_equal(win.arrivals(), arrivals), (win.arrivals(), arrivals)
+            win.fence()   # nobody writes the next source's data before everyone has checked
     # notify without fence: rank 0 writes to everyone, each waits for it
     win.multi_write(np.full(8, 0xAB, dtype=np.uint8), list(range(P)), 4000).wait()
     win.wait_from(0, int(arrivals[0]) + 1, timeout=30)
