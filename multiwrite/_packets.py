@@ -55,6 +55,40 @@ def check(header, *, what, window_id, seq, src_rank, window_size, num_local_rank
     return info
 
 
+class PacketRecv:
+    """Receive one two-part packet (header, then payload into ``payload``) from ``src``.
+
+    Transports that tolerate a message of the wrong size (MPI reports truncation) get both receives
+    posted at once. Gloo aborts the process on a size mismatch, so there the payload receive is posted
+    only after the header has shown the payload length; a wrong length is drained and reported as a
+    MismatchError instead.
+    """
+
+    description = "packet"
+
+    def __init__(self, group, header, payload, src, tag, what=""):
+        self.group, self.header, self.payload, self.src, self.tag = group, header, payload, src, tag
+        self.what = what
+        self.header_req = group.recv(header, src, tag)
+        self.payload_req = None if group.transport.exact_size_recv else group.recv(payload, src, tag)
+
+    def wait(self, timeout_s, what=""):
+        import time
+        deadline = time.monotonic() + timeout_s
+        self.header_req.wait(timeout_s, what)
+        if self.payload_req is None:
+            sent = int(self.header[32:40].view(np.uint64)[0])
+            if sent != self.payload.nbytes:
+                _core.parse_header(self.header)    # a corrupt header is a PacketError, not a drain
+                if sent <= 1 << 34:
+                    scratch = np.empty(sent, dtype=np.uint8)
+                    self.group.recv(scratch, self.src, self.tag).wait(max(deadline - time.monotonic(), 1e-3), what)
+                raise MismatchError(f"{what or self.what}: rank {self.src} sent {sent} bytes, this rank expects "
+                                    f"{self.payload.nbytes} (sizes differ across ranks)")
+            self.payload_req = self.group.recv(self.payload, self.src, self.tag)
+        self.payload_req.wait(max(deadline - time.monotonic(), 1e-3), what)
+
+
 def header_buffers(group, name, count):
     """``count`` reusable 64-byte header buffers (rows of a private array)."""
     return group.private_buffer(name, max(count, 1) * HEADER).reshape(-1, HEADER)

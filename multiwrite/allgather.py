@@ -11,7 +11,7 @@ straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 import numpy as np
 
 from . import _dtypes, _packets, _tensors
-from .errors import MismatchError, MultiwriteError
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_ALLGATHER
@@ -72,8 +72,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         landing = lambda s: staging[s * c:(s + 1) * c]
         slot = r * c
     for i, s in enumerate(senders):
-        recvs.append(g.recv(headers_in[i], s, tag))
-        recvs.append(g.recv(landing(s), s, tag))
+        recvs.append(_packets.PacketRecv(g, headers_in[i], landing(s), s, tag, what))
         sources.append((i, s))
 
     staging[slot:slot + c] = src
@@ -94,20 +93,18 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         sends.append(g.transport.isend(headers_out[i], d, tag))
         sends.append(g.transport.isend(src, d, tag))
 
+    error = mismatch
     try:
         _wait_checked(g, recvs, what)
-        window = (P if not unicast else P) * c
         for i, s in sources:
             _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
-                           window_size=window, num_local_ranks=topo.local_size, payload_len=c)
+                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
         g.wait_all(sends, what)
-    except Exception:
-        if mismatch is not None:
-            raise mismatch
+    except MultiwriteTimeout:
         raise
-    if mismatch is not None:
-        raise mismatch
-    g.node_barrier(what)   # every chunk of the node is in the staging buffer
+    except Exception as exc:
+        error = error or exc
+    g.node_sync(what, error)   # every chunk of the node is in the staging buffer (or all ranks raise)
 
     if unicast:
         for s in topo.local_ranks:

@@ -95,8 +95,7 @@ def combine(y, handle, *, group=None):
             _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[u]:offs[u + 1]])
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
-        recvs.append(g.recv(headers_in[u], src, tag))
-        recvs.append(g.recv(partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag))
+        recvs.append(_packets.PacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag, what))
         checks.append((u, src, int(len(tokens)) * rb))
 
     # 3. Send back what I owe: node partials of the remote sources I relay (MultiWrite), or my own

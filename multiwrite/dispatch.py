@@ -21,7 +21,7 @@ import torch
 
 from . import _core, _dtypes, _packets
 from ._config import check_mode
-from .errors import MismatchError, MultiwriteError
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_DISPATCH
@@ -219,14 +219,12 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         uni_buf = g.private_buffer("dispatch_unicast_recv", int(uni_off[-1]))
         for s in remote:
             if rank_counts[s, g.rank]:
-                recvs.append(g.recv(headers_in[s], s, tag))
-                recvs.append(g.recv(uni_buf[uni_off[s]:uni_off[s + 1]], s, tag))
+                recvs.append(_packets.PacketRecv(g, headers_in[s], uni_buf[uni_off[s]:uni_off[s + 1]], s, tag, what))
                 checks.append((s, int(uni_in[s]), 1 << topo.local_rank))
     else:
         for s in remote:
             if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
-                recvs.append(g.recv(headers_in[s], s, tag))
-                recvs.append(g.recv(node_buf[node_off[s]:node_off[s + 1]], s, tag))
+                recvs.append(_packets.PacketRecv(g, headers_in[s], node_buf[node_off[s]:node_off[s + 1]], s, tag, what))
                 checks.append((s, int(node_off[s + 1] - node_off[s]), 0))
 
     # Pack: own node straight into shared memory; remote nodes (or ranks) into a private send buffer.
@@ -260,12 +258,18 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         sends.append(g.transport.isend(headers_out[i], dst, tag))
         sends.append(g.transport.isend(part, dst, tag))
 
-    g.wait_all(recvs, what)
-    for s, nbytes, _ in checks:
-        _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
-                       window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
-    g.wait_all(sends, what)
-    g.node_barrier(what)        # the node buffer holds every record for this node
+    error = None
+    try:
+        g.wait_all(recvs, what)
+        for s, nbytes, _ in checks:
+            _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
+                           window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = exc
+    g.node_sync(what, error)    # the node buffer holds every record for this node (or all raise)
 
     # Unpack my rows, in source order, from shared memory (and my private buffer in unicast mode).
     L, lr = topo.local_size, topo.local_rank

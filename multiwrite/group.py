@@ -99,6 +99,25 @@ class Group:
                                   f"arguments ({rows})")
         return int(sigs[:, _SIG_WORDS - 1].max()), error
 
+    def node_sync(self, what, error=None):
+        """Node barrier that also shares failure: if any local rank passes an ``error``, every local
+        rank raises (its own error, or a MismatchError naming the failed rank), so that a problem
+        one rank detected never leaves its node peers waiting for a timeout."""
+        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
+        slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
+        text = str(error).encode()[:56] if error is not None else b""
+        slot[:8] = np.frombuffer(np.int64(1 if error is not None else 0).tobytes(), dtype=np.uint8)
+        slot[8:] = 0
+        slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+        self.node_barrier(what)
+        if error is not None:
+            raise error
+        for i in range(self.topo.local_size):
+            other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
+            if int(other[:8].view(np.int64)[0]):
+                msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
+                raise MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+
     # -- node-shared buffers ------------------------------------------------------------------
     def node_buffer(self, name, nbytes):
         """A node-shared uint8 buffer of at least ``nbytes``. Must follow a node_agree on this node

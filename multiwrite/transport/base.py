@@ -66,6 +66,8 @@ class Transport:
     """
 
     name = "base"
+    #: True when a receive must match the message size exactly (a mismatch is fatal, as in Gloo).
+    exact_size_recv = True
     rank: int
     size: int
     timeout_s: float

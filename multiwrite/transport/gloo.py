@@ -32,6 +32,7 @@ class _GlooRequest(Request):
 
 class GlooTransport(Transport):
     name = "gloo"
+    exact_size_recv = True    # a message larger than the posted receive aborts the process
     _instances = 0
 
     def __init__(self, store, rank, size, timeout_s=300.0, prefix="multiwrite"):
