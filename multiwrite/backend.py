@@ -244,6 +244,7 @@ if dist is not None:
             self._result = result
             self._lock = threading.Lock()
             self._finished = False
+            self._waited = False
             self._future = None
             futs = [_future_of(w) for w in self._inners] if has_futures else [None]
             if all(f is not None for f in futs):
@@ -265,15 +266,19 @@ if dist is not None:
             self._run_finish()
             return self._result
 
-        def wait(self, timeout=None):
+        def _wait_inners(self, timeout=None):
             for w in self._inners:
                 if _no_timeout(timeout):
                     w.wait()
                 else:
                     w.wait(timeout)
-            if self._future is not None:
-                self._future.wait()
             self._run_finish()
+            self._waited = True      # (a Gloo work may flag completion a moment after wait returns)
+
+        def wait(self, timeout=None):
+            self._wait_inners(timeout)
+            if self._future is not None:
+                self._future.wait()      # raises what the completion step raised
             return True
 
         def get_future(self):
@@ -284,17 +289,17 @@ if dist is not None:
 
                 def complete():
                     try:
-                        self.wait()
+                        self._wait_inners()
                         fut.set_result(self._result)
                     except Exception as exc:  # noqa: BLE001 - delivered through the future
                         fut.set_exception(exc)
 
-                threading.Thread(target=complete, name="multiwrite-p2p-future", daemon=True).start()
                 self._future = fut
+                threading.Thread(target=complete, name="multiwrite-work-future", daemon=True).start()
             return self._future
 
         def is_completed(self):
-            if self._future is not None and self._future.done():
+            if self._waited or (self._future is not None and self._future.done()):
                 return True
             return all(w.is_completed() for w in self._inners) and (self._finish is None or self._finished)
 
@@ -308,8 +313,11 @@ if dist is not None:
                     return exc
             return None
 
-        def source_rank(self):
-            return self._inners[0].source_rank()
+        def _source_rank(self):
+            """Sender of a receive from any source (dist.recv(t) without src uses it)."""
+            return self._inners[0]._source_rank()
+
+        source_rank = _source_rank
 
         def result(self):
             return self._result
@@ -336,6 +344,7 @@ def _check_reduce(what, op, dtype):
     """Reject reductions PyTorch does not define (a clear error here, before anything is sent)."""
     R = dist.ReduceOp
     name = _op_name(op)
+    op = getattr(op, "op", op)       # ReduceOp -> RedOpType (``RedOpType == ReduceOp`` is always False)
     if op == R.PREMUL_SUM:
         raise ValueError(f"multiwrite backend: {what} with ReduceOp.PREMUL_SUM is not supported "
                          f"(it is NCCL-only in PyTorch); scale the tensor and use ReduceOp.SUM")
@@ -467,7 +476,8 @@ if dist is not None:
             what = "all_gather_into_tensor"
             _check_cpu(what, output, input)
             if output.dtype != input.dtype:
-                raise TypeError(f"multiwrite backend: {what}: output is {output.dtype}, input is {input.dtype}")
+                raise TypeError(f"multiwrite backend: {what}: output dtype {output.dtype} differs from input "
+                                f"dtype {input.dtype}")
             if output.numel() != self._size * input.numel():
                 raise ValueError(f"multiwrite backend: {what}: output has {output.numel()} elements, expected "
                                  f"world_size ({self._size}) x {input.numel()}")
@@ -531,10 +541,10 @@ if dist is not None:
 
         # -- delegated to Gloo ----------------------------------------------------------------
         def _delegate(self, inners, contig, result):
+            # Always wrapped: one behaviour for every op (is_completed() is true once the future is,
+            # get_future() exists even where Gloo has none, non-contiguous outputs are written back).
             inners = inners if isinstance(inners, (list, tuple)) else [inners]
-            if not contig.needed and len(inners) == 1 and _future_of(inners[0]) is not None:
-                return inners[0]
-            return _Work(inners, contig.write_back, result)
+            return _Work(inners, contig.write_back if contig.needed else None, result)
 
         def allreduce(self, tensors, opts=None):
             opts = opts or dist.AllreduceOptions()
@@ -575,7 +585,8 @@ if dist is not None:
             what = "reduce_scatter_tensor"
             _check_cpu(what, output, input)
             if output.dtype != input.dtype:
-                raise TypeError(f"multiwrite backend: {what}: output is {output.dtype}, input is {input.dtype}")
+                raise TypeError(f"multiwrite backend: {what}: output dtype {output.dtype} differs from input "
+                                f"dtype {input.dtype}")
             if input.numel() != self._size * output.numel():
                 raise ValueError(f"multiwrite backend: {what}: input has {input.numel()} elements, expected "
                                  f"world_size ({self._size}) x {output.numel()}")
@@ -615,7 +626,8 @@ if dist is not None:
             what = "all_to_all_single"
             _check_cpu(what, output, input)
             if output.dtype != input.dtype:
-                raise TypeError(f"multiwrite backend: {what}: output is {output.dtype}, input is {input.dtype}")
+                raise TypeError(f"multiwrite backend: {what}: output dtype {output.dtype} differs from input "
+                                f"dtype {input.dtype}")
             for name, t, splits in (("input", input, input_split_sizes), ("output", output, output_split_sizes)):
                 splits = list(splits or [])
                 if splits:
@@ -691,7 +703,7 @@ if dist is not None:
         def barrier(self, opts=None):
             opts = opts or dist.BarrierOptions()
             with _gloo_errors("barrier"):
-                return self.gloo.barrier(opts)
+                return _Work([self.gloo.barrier(opts)], None, [])
 
         def send(self, tensors, dst, tag=0):
             _check_cpu("send", *tensors)

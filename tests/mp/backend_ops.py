@@ -9,6 +9,7 @@ and leave the group usable. Run by tests/test_backend_mp.py under mpirun and tor
 MULTIWRITE_RANKS_PER_NODE=2).
 """
 import itertools
+import os
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,7 @@ def settle(work, async_op, what):
         assert work is None, f"{what}: sync op returned {work!r}"
         return
     assert work is not None, f"{what}: async op returned no Work"
-    if next(_waits) % 2:
+    if next(_waits) % 2 or not MINE[0]:      # (Gloo has no future for reduce_scatter, send, recv)
         assert work.wait() in (True, None)
     else:
         value = work.get_future().wait()
@@ -92,8 +93,7 @@ def both(what, run):
         mine, err = None, exc
     if ref_err is not None:
         assert err is not None, f"{what}: Gloo raised ({ref_err}) but multiwrite did not"
-        # our own message, or torch's check that runs before any backend (same text as for Gloo)
-        assert "multiwrite" in str(err) or str(err) == str(ref_err), f"{what}: unclear error: {err!r}"
+        assert "multiwrite" in str(err), f"{what}: unclear error: {err!r}"
         COUNTS["errors_matched"] += 1
         return
     if err is not None:
@@ -295,10 +295,13 @@ def test_send_recv():
             buf = torch.zeros(6, dtype=dtype)
             work = dist.irecv(buf, tag=9)
             work.wait()
-            assert work._source_rank() == 2 if hasattr(work, "_source_rank") else True
-            expect_same(buf, data((6,), dtype, 600), "recv any source")
+            assert work._source_rank() == 2, work._source_rank()
+            expect_same(buf, data((6,), dtype, 600), "irecv any source")
+            assert dist.recv(buf, tag=10) == 2
+            expect_same(buf, data((6,), dtype, 601), "recv any source")
         elif RANK == 2:
             dist.send(data((6,), dtype, 600), 1, tag=9)
+            dist.send(data((6,), dtype, 601), 1, tag=10)
     for async_op in (False, True):
         settle(dist.barrier(async_op=async_op), async_op, "barrier")
 
@@ -424,10 +427,13 @@ def main():
     assert dist.get_backend(GLOO) == "gloo"
     assert group_of() is mw.default_group(), "the world group's Group is multiwrite's default group"
     timer = Timer()
+    only = os.environ.get("BACKEND_OPS_ONLY")       # debugging: run a subset, e.g. "reduce_scatter"
     for test in (test_all_gather_into_tensor, test_all_gather_list, test_broadcast, test_all_reduce,
                  test_reduce_scatter_tensor, test_reduce, test_all_to_all_single, test_all_to_all_list,
                  test_gather_scatter, test_send_recv, test_objects, test_subgroups, test_inter_node_bytes,
                  test_errors):
+        if only and only not in test.__name__:
+            continue
         t = Timer()
         test()
         log(f"{test.__name__}: ok ({t})")
