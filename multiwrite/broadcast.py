@@ -9,11 +9,9 @@ Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node se
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Same results.
 """
-import numpy as np
-
 from . import _dtypes, _packets, _tensors
 from ._config import check_mode
-from .errors import MismatchError, MultiwriteError
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_BROADCAST
@@ -70,8 +68,7 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
             landing = staging       # this rank relays the node's single copy
         if landing is not None:
             header_in = _packets.header_buffers(g, "broadcast_hin", 1)[0]
-            recvs.append(g.recv(header_in, root, tag))
-            recvs.append(g.recv(landing, root, tag))
+            recvs.append(_packets.PacketRecv(g, header_in, landing, root, tag, what))
 
     sends = []
     if r == root:
@@ -92,22 +89,23 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
             sends.append(g.transport.isend(headers_out[i], d, tag))
             sends.append(g.transport.isend(buf, d, tag))
 
+    error = mismatch
     try:
         _wait_checked(g, recvs, what)
         if header_in is not None:
             _packets.check(header_in, what=what, window_id=window_id, seq=seq, src_rank=root,
                            window_size=c, num_local_ranks=topo.local_size, payload_len=c)
         g.wait_all(sends, what)
-    except Exception:
-        if mismatch is not None:
-            raise mismatch
+    except MultiwriteTimeout:
         raise
-    if mismatch is not None:
-        raise mismatch
+    except Exception as exc:
+        error = error or exc
     if uses_staging:
-        g.node_barrier(what)    # the payload is in the node's staging buffer
+        g.node_sync(what, error)    # the payload is in the node's staging buffer (or all ranks raise)
         if r != root:
             buf[:] = staging
+    elif error is not None:
+        raise error
     return buf
 
 
