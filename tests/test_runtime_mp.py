@@ -1,5 +1,6 @@
 """Multi-process tests of the runtime under mpirun and torchrun: AllGather, multi_write, byte counts,
 errors. Each launch has a hard timeout (tests/_launch.py)."""
+import glob
 import os
 import sys
 
@@ -13,6 +14,15 @@ LAYOUTS = {  # name: (ranks, MULTIWRITE_RANKS_PER_NODE)
     "4nodes_x1": (4, 1),
     "unequal_3+2": (5, 3),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_shared_memory_leak():
+    """Every multi-process run must leave nothing in /dev/shm (segments are unlinked once mapped)."""
+    before = set(glob.glob("/dev/shm/multiwrite-*"))
+    yield
+    leaked = set(glob.glob("/dev/shm/multiwrite-*")) - before
+    assert not leaked, f"shared memory left behind: {sorted(leaked)}"
 
 
 def _skip_missing(launcher):
@@ -51,6 +61,20 @@ def test_errors(launcher, case):
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_timeout_when_peer_missing(launcher):
     _skip_missing(launcher)
-    out = _launch.check(launcher, 4, "errors_prog.py", ["timeout"],
-                        env={"MULTIWRITE_RANKS_PER_NODE": 2, "MULTIWRITE_TIMEOUT": 3}, timeout=120)
+    # Survivors leave with os._exit (their peers' requests are pending), which mpirun reports as an
+    # abnormal exit: what matters is that each survivor saw the timeout error, in bounded time.
+    code, out = _launch.run(launcher, 4, "errors_prog.py", ["timeout"],
+                            env={"MULTIWRITE_RANKS_PER_NODE": 2, "MULTIWRITE_TIMEOUT": 3}, timeout=120)
+    assert code != -999, out
     assert out.count("timeout after") == 3, out
+    assert "MultiwriteTimeout" not in out or "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
+def test_crash_leaves_nothing(launcher):
+    """A rank that dies mid-run: the job ends (launcher or timeout), and /dev/shm stays clean."""
+    _skip_missing(launcher)
+    code, out = _launch.run(launcher, 4, "errors_prog.py", ["crash"],
+                            env={"MULTIWRITE_RANKS_PER_NODE": 2, "MULTIWRITE_TIMEOUT": 5}, timeout=120)
+    assert code not in (0, -999), out
+    assert "rank 3: crashing" in out, out

@@ -53,6 +53,12 @@ def main(case):
             assert took < limit * 3 + 5, f"timeout took {took:.1f}s (limit {limit}s)"
             print(f"rank {r}: timeout after {took:.1f}s: {e}", flush=True)
         os._exit(0)   # peers have pending requests; skip MPI_Finalize's collective shutdown
+    elif case == "crash":
+        for i in range(3):
+            mw.all_gather(torch.empty(P * 1000), torch.ones(1000))
+            if r == P - 1 and i == 1:
+                print(f"rank {r}: crashing", flush=True)
+                os._exit(7)
     else:
         raise SystemExit(f"unknown case {case}")
     mw.finalize()
