@@ -45,10 +45,11 @@ def combine(y, handle, *, group=None):
                   f"{handle.num_recv_tokens} rows to this rank")
     elif y.dtype not in _FLOAT_DTYPES:
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
-    infos = _agree(g, what, status, (int(y.shape[1]), str(y.dtype)) if status is None else None)
-    if len(set(infos)) != 1:
-        raise MismatchError(f"{what}: ranks disagree on (hidden, dtype): "
-                            + ", ".join(f"rank {r}: {p}" for r, p in enumerate(infos)))
+    ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", ""))] if status is None else None
+    table = _agree(g, what, status, ints, 2)
+    if (table != table[0]).any():
+        raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code): "
+                            + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(table)))
     H, dtype = y.shape[1], y.dtype
     rb = H * y.element_size()
     unicast = handle.mode == "unicast"

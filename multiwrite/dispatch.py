@@ -99,14 +99,27 @@ def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
     return None
 
 
-def _agree(g, what, status, payload):
-    """Share every rank's status and small metadata; raise the same error everywhere if any rank failed."""
-    infos = g.allgather_obj((status, payload))
-    errors = [(r, s) for r, (s, _) in enumerate(infos) if s is not None]
-    if errors:
-        text = "; ".join(f"rank {r}: {s}" for r, s in errors)
-        raise (ValueError if any(r == g.rank for r, _ in errors) else MismatchError)(f"{what}: {text}")
-    return [p for _, p in infos]
+def _agree(g, what, status, ints, length):
+    """One fixed-size control allgather: every rank's status flag and ``length`` integers.
+
+    If any rank failed its local checks, a second allgather shares the messages and every rank raises
+    the same error (ValueError on the failing ranks, MismatchError on the others). Returns int64
+    [P, length]."""
+    vec = np.zeros(1 + length, dtype=np.int64)
+    if status is None:
+        vec[1:] = ints
+    else:
+        vec[0] = 1
+    table = g.allgather_int64(vec)
+    if table[:, 0].any():
+        messages = g.allgather_obj(status)
+        text = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
+        raise (ValueError if status is not None else MismatchError)(f"{what}: {text}")
+    return table[:, 1:]
+
+
+_MODES = {"multiwrite": 0, "unicast": 1}
+_META = ("row bytes", "k", "dtype", "num_experts", "mode")
 
 
 def get_dispatch_layout(topk_idx, num_experts, group=None):
@@ -167,22 +180,22 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         rank_offsets, rank_tokens = _core.plan_dispatch_per_rank(idx_np, int(num_experts), P)
         if topk_weights is None:
             topk_weights = torch.zeros(topk_idx.shape, dtype=torch.float32)
-        payload = (np.diff(node_offsets), np.diff(rank_offsets), row_bytes, k, str(x.dtype), int(num_experts), mode)
+        sent_nodes, sent_ranks = np.diff(node_offsets), np.diff(rank_offsets)
     elif status is None:
-        payload = (handle.node_counts[g.rank], handle.rank_counts[g.rank], row_bytes, k, str(x.dtype),
-                   int(num_experts), mode)
-    else:
-        payload = None
-    infos = _agree(g, what, status, payload)
-    shapes = {p[2:] for p in infos}
-    if len(shapes) != 1:
-        raise MismatchError(f"{what}: ranks disagree on (row bytes, k, dtype, num_experts, mode): "
-                            + ", ".join(f"rank {r}: {p[2:]}" for r, p in enumerate(infos)))
-    if cached:
         node_offsets, node_tokens, node_bitmaps = handle.node_offsets, handle.node_tokens, handle.node_bitmaps
         rank_offsets, rank_tokens = handle.rank_offsets, handle.rank_tokens
-    node_counts = np.stack([np.asarray(p[0], dtype=np.int64) for p in infos])    # [P, N]
-    rank_counts = np.stack([np.asarray(p[1], dtype=np.int64) for p in infos])    # [P, P]
+        sent_nodes, sent_ranks = handle.node_counts[g.rank], handle.rank_counts[g.rank]
+    ints = None
+    if status is None:
+        meta = [row_bytes, k, _dtypes.code(str(x.dtype).replace("torch.", "")), int(num_experts), _MODES[mode]]
+        ints = np.concatenate([np.asarray(meta, dtype=np.int64), sent_nodes, sent_ranks])
+    table = _agree(g, what, status, ints, len(_META) + N + P)
+    metas = table[:, :len(_META)]
+    if (metas != metas[0]).any():
+        raise MismatchError(f"{what}: ranks disagree on ({', '.join(_META)}): "
+                            + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(metas)))
+    node_counts = np.ascontiguousarray(table[:, len(_META):len(_META) + N])     # [P, N]
+    rank_counts = np.ascontiguousarray(table[:, len(_META) + N:])               # [P, P]
     unicast = mode == "unicast"
 
     rec = _core.record_size(row_bytes, k)

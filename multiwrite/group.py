@@ -174,6 +174,11 @@ class Group:
         self.stats.add_control(64)
         return self.transport.allgather_obj(obj)
 
+    def allgather_int64(self, values):
+        """int64 [size, len(values)]: one fixed-size control allgather (every rank the same length)."""
+        self.stats.add_control(8 * len(values))
+        return self.transport.allgather_int64(values)
+
     # -- lifetime --------------------------------------------------------------------------
     def close(self):
         if self._closed:

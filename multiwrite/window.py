@@ -67,7 +67,7 @@ class Window:
         self.group, self.nbytes = g, int(nbytes)
         topo = g.topo
         seq = g.next_seq()
-        self.sizes = [int(s) for s in g.allgather_obj(self.nbytes)]
+        self.sizes = [int(s) for s in g.allgather_int64([self.nbytes])[:, 0]]
         self.id = next(Window._ids)
         self._freed = False
         self._sent_to_node = np.zeros(topo.num_nodes, dtype=np.int64)   # packets sent per node
@@ -198,8 +198,7 @@ class Window:
         g = self.group
         for req in self._pending:
             req.wait()
-        counts = g.allgather_obj(self._sent_to_node.copy())
-        expected = int(sum(c[g.topo.node] for c in counts))
+        expected = int(g.allgather_int64(self._sent_to_node)[:, g.topo.node].sum())
         if g.topo.num_nodes > 1:
             _relay(g).raise_error()
             if not _core.wait_u32_ge(self._mem, _PROCESSED_OFF, expected & 0xFFFFFFFF, g.timeout_s):

@@ -77,6 +77,12 @@ class GlooTransport(Transport):
         self._run(self.pg.allgather([outs], [padded]), "allgather of control data")
         return [pickle.loads(outs[i][:int(sizes[i].item())].numpy().tobytes()) for i in range(self.size)]
 
+    def allgather_int64(self, values):
+        mine = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64).reshape(-1).copy())
+        outs = [torch.empty_like(mine) for _ in range(self.size)]
+        self._run(self.pg.allgather([outs], [mine]), "allgather of control data")
+        return torch.stack(outs).numpy()
+
     def barrier(self):
         self.allgather_obj(None)
 

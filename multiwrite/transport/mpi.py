@@ -60,6 +60,12 @@ class MPITransport(Transport):
                    "allgather of control data")
         return [pickle.loads(out[displs[i]:displs[i] + sizes[i]].tobytes()) for i in range(self.size)]
 
+    def allgather_int64(self, values):
+        mine = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
+        out = np.empty((self.size, mine.size), dtype=np.int64)
+        self._wait(self.comm.Iallgather(mine, out), "allgather of control data")
+        return out
+
     def barrier(self):
         self._wait(self.comm.Ibarrier(), "barrier")
 

@@ -156,6 +156,23 @@ def main():
         assert "rows" in str(e)
     else:
         raise AssertionError("combine shape mismatch not reported")
+    # a handle used with the wrong shape, or from another group
+    try:
+        buf.dispatch(torch.zeros(a[3].num_tokens + 1, 64), handle=a[3])
+    except ValueError as e:
+        assert "the handle was made for" in str(e), str(e)
+    else:
+        raise AssertionError("cached dispatch with a wrong shape not reported")
+    other = mw.Group(mw.default_group().transport.split(list(range(P))))
+    for fn in (lambda: mw.Buffer(group=other).combine(a[0], a[3]),
+               lambda: mw.Buffer(group=other).dispatch(a[0][:0], handle=a[3])):
+        try:
+            fn()
+        except ValueError as e:
+            assert "another group" in str(e), str(e)
+        else:
+            raise AssertionError("handle from another group not reported")
+    other.close()
     if topo.rank == 0:
         print(f"moe OK: {topo}", flush=True)
     mw.finalize()
