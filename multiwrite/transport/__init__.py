@@ -8,7 +8,13 @@ def create(kind: str, timeout_s: float) -> Transport:
     """Create the world transport for ``kind`` ('mpi' or 'gloo') from the launcher's environment."""
     if kind == "mpi":
         from .mpi import MPITransport
-        return MPITransport(None, timeout_s)
+        t = MPITransport(None, timeout_s)
+        expected = int(os.environ.get("WORLD_SIZE", t.size))
+        if t.size != expected:
+            t.close()
+            raise RuntimeError(f"the MPI transport sees {t.size} rank(s) but WORLD_SIZE={expected}: launch with "
+                               "mpirun, or use MULTIWRITE_TRANSPORT=gloo under torchrun")
+        return t
     if kind == "gloo":
         import datetime
         import torch.distributed as dist
