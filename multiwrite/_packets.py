@@ -96,3 +96,42 @@ def header_buffers(group, name, count):
 
 def as_u8(a):
     return np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+
+
+def send(g, header, payload, dst, tag, *, window_id, seq, dest_bitmap, offset=0):
+    """Send one two-part packet (header built here, then ``payload``) to rank ``dst`` on another node,
+    counting it in the inter-node statistics. Returns the two send requests."""
+    node = g.topo.node_of[dst]
+    build(header, window_id=window_id, seq=seq, src_rank=g.rank, dest_node=node, dest_bitmap=dest_bitmap,
+          offset=offset, payload_len=payload.nbytes)
+    g.stats.add_inter(HEADER + payload.nbytes, node)
+    return [g.transport.isend(header, dst, tag), g.transport.isend(payload, dst, tag)]
+
+
+def wait_checked(g, requests, what):
+    """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
+    from .errors import MultiwriteError
+    try:
+        g.wait_all(requests, what)
+    except MultiwriteError:
+        raise
+    except Exception as exc:  # MPI truncation, Gloo size errors
+        raise MismatchError(f"{what}: a peer's message does not fit what this rank expects "
+                            f"(sizes differ across ranks?): {exc}") from exc
+
+
+def complete(g, what, recvs, sends, check=None, error=None):
+    """Finish the packet exchange of one operation: wait for the receives, validate the headers
+    (``check()``), wait for the sends. Returns the first error (``error`` passed in wins), to be shared
+    with the node through ``g.node_sync``; a timeout is raised at once (the peers time out too)."""
+    from .errors import MultiwriteTimeout
+    try:
+        wait_checked(g, recvs, what)
+        if check is not None:
+            check()
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = error or exc
+    return error

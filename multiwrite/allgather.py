@@ -8,10 +8,8 @@ directly. Inter-node bytes leaving a node: L·(N−1)·(c + 64) (64 = packet hea
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 """
-import numpy as np
 
 from . import _dtypes, _packets, _tensors
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_ALLGATHER
@@ -80,30 +78,22 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         g.stats.add_intra(c)
 
     if unicast:
-        targets = [(d, topo.node_of[d], 1 << topo.local_rank_of[d], d * c) for d in remote]
+        targets = [(d, 1 << topo.local_rank_of[d], d * c) for d in remote]
     else:
-        targets = [(topo.relay_for(r, m), m, _packets.full_bitmap(len(topo.node_ranks[m])), r * c)
+        targets = [(topo.relay_for(r, m), _packets.full_bitmap(len(topo.node_ranks[m])), r * c)
                    for m in range(topo.num_nodes) if m != topo.node]
     headers_out = _packets.header_buffers(g, "allgather_hout", len(targets))
     sends = []
-    for i, (d, m, bitmap, offset) in enumerate(targets):
-        _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
-                       dest_bitmap=bitmap, offset=offset, payload_len=c)
-        g.stats.add_inter(_packets.HEADER + c, m)
-        sends.append(g.transport.isend(headers_out[i], d, tag))
-        sends.append(g.transport.isend(src, d, tag))
+    for i, (d, bitmap, offset) in enumerate(targets):
+        sends += _packets.send(g, headers_out[i], src, d, tag, window_id=window_id, seq=seq,
+                               dest_bitmap=bitmap, offset=offset)
 
-    error = mismatch
-    try:
-        _wait_checked(g, recvs, what)
+    def check_headers():
         for i, s in sources:
             _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
                            window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
+
+    error = _packets.complete(g, what, recvs, sends, check_headers, mismatch)
     g.node_sync(what, error)   # every chunk of the node is in the staging buffer (or all ranks raise)
 
     if unicast:
@@ -113,14 +103,3 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     else:
         out[:] = staging[:P * c]
     return out
-
-
-def _wait_checked(g, requests, what):
-    """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
-    try:
-        g.wait_all(requests, what)
-    except MultiwriteError:
-        raise
-    except Exception as exc:  # MPI truncation, Gloo size errors
-        raise MismatchError(f"{what}: a peer's message does not fit what this rank expects "
-                            f"(sizes differ across ranks?): {exc}") from exc

@@ -121,17 +121,17 @@ def combine(y, handle, *, group=None):
             out_parts.append((s, part))
     headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
     for i, (s, part) in enumerate(out_parts):
-        _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=topo.node_of[s],
-                       dest_bitmap=1 << topo.local_rank_of[s], offset=0, payload_len=part.nbytes)
-        g.stats.add_inter(_packets.HEADER + part.nbytes, topo.node_of[s])
-        sends.append(g.transport.isend(headers_out[i], s, tag))
-        sends.append(g.transport.isend(part, s, tag))
+        sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
+                               dest_bitmap=1 << topo.local_rank_of[s])
 
-    g.wait_all(recvs, what)
-    for u, src, nbytes in checks:
-        _packets.check(headers_in[u], what=what, window_id=window_id, seq=seq, src_rank=src,
-                       window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
-    g.wait_all(sends, what)
+    def check_headers():
+        for u, src, nbytes in checks:
+            _packets.check(headers_in[u], what=what, window_id=window_id, seq=seq, src_rank=src,
+                           window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+
+    error = _packets.complete(g, what, recvs, sends, check_headers)
+    if error is not None:
+        raise error
 
     # 4. Sum the partials of every token across units, in unit order (deterministic).
     index = np.full((T, max(len(units), 1)), -1, dtype=np.int64)

@@ -21,7 +21,7 @@ import torch
 
 from . import _core, _dtypes, _packets
 from ._config import check_mode
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from .errors import MismatchError
 from .group import resolve, tag_for
 
 OP = _packets.WIN_DISPATCH
@@ -248,40 +248,32 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
                            node_buf[node_off[g.rank]:node_off[g.rank + 1]])
         g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
     if unicast:
-        units = [(d, topo.node_of[d], rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
+        units = [(d, rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
                   np.full(int(rank_counts[g.rank, d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
                  for d in range(P) if topo.node_of[d] != node and rank_counts[g.rank, d]]
     else:
-        units = [(topo.relay_for(g.rank, m), m, node_tokens[node_offsets[m]:node_offsets[m + 1]],
+        units = [(topo.relay_for(g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
                   node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
                  for m in range(N) if m != node and node_counts[g.rank, m]]
-    total = sum(len(u[2]) for u in units) * rec
+    total = sum(len(u[1]) for u in units) * rec
     send_buf = g.private_buffer("dispatch_send", total)
     headers_out = _packets.header_buffers(g, "dispatch_hout", len(units))
     pos = 0
-    for i, (dst, m, tokens, bitmaps) in enumerate(units):
+    for i, (dst, tokens, bitmaps) in enumerate(units):
         nbytes = len(tokens) * rec
         part = send_buf[pos:pos + nbytes]
         pos += nbytes
         _core.pack_records(x_bytes, idx_np, w_np, tokens, bitmaps, part)
         bitmap_all = int(np.bitwise_or.reduce(bitmaps)) if len(bitmaps) else 0
-        _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
-                       dest_bitmap=bitmap_all, offset=0, payload_len=nbytes)
-        g.stats.add_inter(_packets.HEADER + nbytes, m)
-        sends.append(g.transport.isend(headers_out[i], dst, tag))
-        sends.append(g.transport.isend(part, dst, tag))
+        sends += _packets.send(g, headers_out[i], part, dst, tag, window_id=window_id, seq=seq,
+                               dest_bitmap=bitmap_all)
 
-    error = None
-    try:
-        g.wait_all(recvs, what)
+    def check_headers():
         for s, nbytes, _ in checks:
             _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
                            window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = exc
+
+    error = _packets.complete(g, what, recvs, sends, check_headers)
     g.node_sync(what, error)    # the node buffer holds every record for this node (or all raise)
 
     # Unpack my rows, in source order, from shared memory (and my private buffer in unicast mode).

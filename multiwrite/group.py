@@ -5,7 +5,6 @@ the torch backend and ``split`` make others. All methods named ``collective`` mu
 rank of the group in the same order.
 """
 import atexit
-import time
 
 import numpy as np
 

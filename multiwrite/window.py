@@ -21,7 +21,7 @@ from . import _core, _packets, _tensors, shm
 from ._config import check_mode
 from .errors import MultiwriteError, MultiwriteTimeout, WindowError
 from .group import resolve
-from .transport import CompletedRequest, Request, wait_all
+from .transport import Request, wait_all
 
 _TAG_HEADER = 1
 _TAG_BODY = 2
