@@ -175,14 +175,16 @@ def _mpi_rendezvous(url, timeout):
     addr = "127.0.0.1" if rank == 0 else _choose_master_addr(info)
     if rank != 0:
         store = dist.TCPStore(addr, info["port"], size, False, timeout)
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
-    local_rank, local_size = local.Get_rank(), local.Get_size()
-    local.Free()
-    env = {"RANK": rank, "WORLD_SIZE": size, "LOCAL_RANK": local_rank, "LOCAL_WORLD_SIZE": local_size}
-    for k, v in env.items():
+    for k, v in (("RANK", rank), ("WORLD_SIZE", size)):
         if k in os.environ and os.environ[k] != str(v):
             raise RuntimeError(f"multiwrite: {k}={os.environ[k]} in the environment, but MPI says {v}")
         os.environ[k] = str(v)
+    if "LOCAL_RANK" not in os.environ or "LOCAL_WORLD_SIZE" not in os.environ:
+        # The launcher did not say (set at import from OMPI_COMM_WORLD_LOCAL_RANK etc. otherwise).
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        os.environ.setdefault("LOCAL_RANK", str(local.Get_rank()))
+        os.environ.setdefault("LOCAL_WORLD_SIZE", str(local.Get_size()))
+        local.Free()
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(info["port"])
     os.environ.setdefault("MULTIWRITE_TRANSPORT", "mpi")
     _mpi_state["done"] = True
@@ -429,10 +431,14 @@ if dist is not None:
             timeout_s = _timeout_seconds(timeout)
             self._timeout = datetime.timedelta(seconds=timeout_s)
             from .group import Group
-            transport = _make_transport(store, rank, size, list(global_ranks or []), group_id, timeout_s)
+            # Keys of this init only: torchrun's store outlives destroy_process_group, and torch
+            # restarts group names at 0 on re-init, so stale keys of a previous session must not match.
+            prefix = f"multiwrite/s{_sessions['count']}"
+            transport = _make_transport(store, rank, size, list(global_ranks or []), group_id, timeout_s,
+                                        prefix + "/transport")
             with _global_emulated_nodes(self._global_ranks):
                 self.mw_group = Group(transport, timeout_s=timeout_s)
-            self.gloo = dist.ProcessGroupGloo(dist.PrefixStore("multiwrite/delegate", store), rank, size,
+            self.gloo = dist.ProcessGroupGloo(dist.PrefixStore(prefix + "/delegate", store), rank, size,
                                               self._timeout)
             self._closed = False
 
@@ -786,11 +792,11 @@ def _transport_kind(rank, size, global_ranks):
     return "mpi" if (world_rank, world_size) == (torch_rank, torch_world) else "gloo"
 
 
-def _make_transport(store, rank, size, global_ranks, group_id, timeout_s):
+def _make_transport(store, rank, size, global_ranks, group_id, timeout_s, prefix):
     kind = _transport_kind(rank, size, global_ranks)
     if kind == "gloo":
         from .transport.gloo import GlooTransport
-        return GlooTransport(store, rank, size, timeout_s, prefix="multiwrite/transport")
+        return GlooTransport(store, rank, size, timeout_s, prefix=prefix)
     from mpi4py import MPI
     from .transport.mpi import MPITransport
     world = MPI.COMM_WORLD
@@ -846,9 +852,14 @@ def _global_emulated_nodes(global_ranks):
         _topology.detect = original
 
 
+_sessions = {"count": 0}
+
+
 def _create(dist_opts, pg_opts=None):
     """Backend creator (extended API): builds the ProcessGroup of one torch group."""
     global_ranks = list(dist_opts.global_ranks_in_group or [])
+    if not global_ranks:           # a new default group: a new init_process_group session
+        _sessions["count"] += 1
     pg = ProcessGroupMultiwrite(dist_opts.store, dist_opts.group_rank, dist_opts.group_size,
                                 dist_opts.timeout, global_ranks, dist_opts.group_id)
     if not global_ranks:           # the default (world) group: also multiwrite's default group
