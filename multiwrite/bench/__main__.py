@@ -1,6 +1,7 @@
 """python -m multiwrite.bench <benchmark> [options]; ``--help`` lists the benchmarks."""
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from . import available, load
@@ -28,7 +29,11 @@ def build_parser():
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     for name, path in COLLECTIVES.items():
+        if importlib.util.find_spec(path) is None:
+            continue
         mod = importlib.import_module(path)
+        if not hasattr(mod, "add_arguments"):
+            continue
         doc = getattr(mod, "DOCS", {}).get(name) or mod.__doc__ or name
         p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -661,3 +661,47 @@ def fail(ctx, msg):
     if ctx is None or ctx.rank == 0:
         print(f"error: {msg}", file=sys.stderr, flush=True)
     return 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# "all": allgather, dispatch and combine in one run (one launch, one JSON, one plot)
+
+DOCS = {"all": """All three collective benchmarks in one launch: allgather, then dispatch, then combine.
+
+-b/-e/-f set the AllGather sizes (bytes per rank, default 4K..4M); -T sets the MoE token counts
+(default 256; a range like 64..1024 sweeps). The MoE workload flags (-E -k -H --routing --zipf) and
+every common flag apply as in the single benchmarks (python -m multiwrite.bench allgather --help,
+dispatch --help, combine --help). --json writes one document with every row (field "benchmark"),
+--plot one PNG with a panel per benchmark. Exit status 1 if any result was wrong.
+"""}
+
+
+def add_arguments(parser, name="all"):
+    from . import moe
+    add_common_arguments(parser, sizes_help="AllGather bytes per rank, smallest size (default 4K)")
+    moe.add_workload_arguments(parser)
+
+
+def main(args):
+    from . import allgather, moe
+    try:
+        check_common_args(args)
+        ag_sizes = sizes_from_args(args, allgather.DEFAULT_MIN, allgather.DEFAULT_MAX)
+        esize = torch.empty(0, dtype=DTYPES[args.dtype]).element_size()
+        saved, args.minbytes = args.minbytes, None
+        tokens = moe.token_counts(args, args.hidden * esize)
+        args.minbytes = saved
+    except ValueError as e:
+        return fail(None, str(e))
+    ctx = Context()
+    try:
+        try:
+            moe.check_workload(args, ctx.size)
+        except ValueError as e:
+            return fail(ctx, str(e))
+        docs = [allgather.bench(ctx, args, ag_sizes)]
+        docs.append(moe.bench(ctx, args, "dispatch", tokens))
+        docs.append(moe.bench(ctx, args, "combine", tokens))
+        return emit(ctx, args, docs)
+    finally:
+        ctx.close()
