@@ -1,0 +1,593 @@
+"""Long randomized stress test: ``python -m multiwrite.stress --duration 30m`` under mpirun or torchrun.
+
+Every rank runs the same randomized sequence of operations (a shared generator seeded by --seed and
+the step number decides the operation and its parameters; each rank's data comes from the seed, the
+step and the rank):
+
+* ``allgather``  mw.all_gather of 1 byte .. --max-bytes per rank, random dtype and mode;
+* ``multiwrite`` mw.Window multi_write: every rank writes a random payload to a random subset of
+  ranks (itself included or not, empty sets too) at random offsets (one offset for all, or a list),
+  random mode; between two fences; windows are created and freed along the way. Bytes nobody wrote
+  must still hold the poison pattern; the arrival counters must count exactly the writes received;
+* ``dispatch``   mw.Buffer.dispatch with random token counts per rank (0 included), hidden size, dtype,
+  E, k and routing (uniform, uniform with -1 slots, Zipf-skewed, all to one node, none at all),
+  random mode, sometimes repeated with the handle (cached dispatch) on new data;
+* ``combine``    mw.Buffer.combine of that dispatch's rows (small integers, so sums are exact).
+
+Every result is compared byte for byte with a reference each rank computes locally from the seeds
+(never from what the network delivered). Rank 0 shows a progress bar on stderr (ops, bytes verified,
+wrong bytes, running p50/p99 per operation of its own calls). The final summary gives, per operation,
+the count and p50/p99/max latency (each call's time = max over ranks), the bytes verified, the wrong
+bytes (the exit status is 1 if any), and every rank's RSS at start, after warm-up and at the end.
+
+Faults: ``--delay-rank R --delay-ms X`` makes rank R sleep X ms before every operation (results must
+stay right); ``--kill-rank R --at S`` SIGKILLs rank R S seconds after the start: the survivors must
+fail with a clear error within the timeout (MULTIWRITE_TIMEOUT, or --timeout), never hang; exit 3.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+OPS = ("allgather", "multiwrite", "dispatch", "combine")
+AG_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+             torch.float32, torch.float64)
+MOE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+POOL_PAD = 1 << 16
+
+
+def parse_duration(text):
+    """'30m', '90s', '1.5h', '45' (seconds) -> seconds."""
+    t = str(text).strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    num = t[:-1] if mult else t
+    try:
+        value = float(num) * (mult or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (examples: 90s, 30m, 2h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def _size(text):
+    from .bench import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m multiwrite.stress", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=parse_duration, default=parse_duration("60s"),
+                   help="how long to run: 90s, 30m, 2h (default 60s)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the operation sequence and the data (default 1)")
+    p.add_argument("--ops", default=",".join(OPS),
+                   help=f"operations to mix (default {','.join(OPS)}; combine implies dispatch)")
+    p.add_argument("--max-bytes", type=_size, default=_size("1M"),
+                   help="largest AllGather chunk / multi_write payload per rank (default 1M)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per rank in dispatch (default 256)")
+    p.add_argument("--max-hidden", type=int, default=2048, help="largest hidden size in dispatch (default 2048)")
+    p.add_argument("--warmup", type=int, default=100,
+                   help="first steps not counted in the latency statistics nor in the RSS growth (still verified; default 100)")
+    p.add_argument("--sync-every", type=int, default=4,
+                   help="steps between two agreements on stopping / progress updates (default 4)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds any wait on a peer may take (sets MULTIWRITE_TIMEOUT; default: its value or 300)")
+    p.add_argument("--delay-rank", type=int, default=None, metavar="R", help="fault: rank R sleeps before every op")
+    p.add_argument("--delay-ms", type=float, default=0.0, metavar="X", help="fault: ... for X ms")
+    p.add_argument("--kill-rank", type=int, default=None, metavar="R", help="fault: SIGKILL rank R ...")
+    p.add_argument("--at", type=parse_duration, default=None, metavar="S",
+                   help="... S seconds after the start (10s, 1m)")
+    p.add_argument("--json", metavar="FILE", help="rank 0 writes the summary as JSON to FILE")
+    p.add_argument("--progress-interval", type=float, default=10.0,
+                   help="seconds between progress lines when stderr is not a terminal (default 10)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def rss_mib():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _fmt_bytes(n):
+    for unit, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= m:
+            return f"{n / m:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# deterministic data
+
+class Pools:
+    """A random byte pool per rank (from the seed); rank s's payload of step i is a slice of its pool
+    at a step-dependent offset XOR a step-dependent key: cheap to generate on every rank."""
+
+    def __init__(self, seed, P, max_bytes):
+        self.pool = [np.random.default_rng([seed, 99, s]).integers(0, 256, max_bytes + POOL_PAD, dtype=np.uint8)
+                     for s in range(P)]
+
+    def chunk(self, step, s, n, salt=0, out=None):
+        h = (step * 2654435761 + s * 40503 + salt * 9973) & 0xFFFFFFFF
+        off, key = h % POOL_PAD, (h >> 16) & 0xFF or 0x5C
+        src = self.pool[s][off:off + n]
+        if out is None:
+            return np.bitwise_xor(src, key)
+        np.bitwise_xor(src, key, out=out)
+        return out
+
+
+def moe_inputs(seed, step, s, T, H, E, k, dtype, routing, P, node_of, salt=0):
+    """Rank s's tokens (small integers, exact in every float dtype), routing and weights for one step."""
+    rng = np.random.default_rng([seed, step, s, 7, salt])
+    a = rng.integers(0, 251, T)
+    b = np.random.default_rng([seed, step, 8, salt]).integers(0, 251, H)
+    x = torch.from_numpy(((a[:, None] + b[None, :]) % 251).astype(np.float32)).to(dtype)
+    if routing == "none" or T == 0:
+        idx = np.full((T, k), -1, dtype=np.int64)
+    else:
+        # k distinct experts per token: top-k of random keys (Gumbel top-k = sampling without
+        # replacement with probability ~ popularity)
+        keys = rng.random((T, E))
+        if routing == "skewed":
+            zipf = 0.5 + (step % 7) / 4
+            pop = 1.0 / (np.random.default_rng([seed, step, 9]).permutation(E) + 1.0) ** zipf
+            keys = np.log(pop)[None, :] - np.log(-np.log(np.maximum(keys, 1e-300)))
+        elif routing == "one_node":
+            first = [r for r in range(P) if node_of[r] == 0]
+            lo, hi = min(first) * (E // P), (max(first) + 1) * (E // P)
+            keys[:, :lo] = -1.0
+            keys[:, hi:] = -1.0
+        kk = min(k, E)
+        idx = np.argsort(-keys, axis=1, kind="stable")[:, :kk].astype(np.int64)
+        if routing == "one_node":
+            idx[np.take_along_axis(keys, idx, 1) < 0] = -1
+        if routing == "uniform_none":
+            idx[rng.random((T, kk)) < 0.2] = -1
+    idx = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+    w = torch.from_numpy(rng.random((T, k), dtype=np.float32))
+    return x, idx, w
+
+
+# ---------------------------------------------------------------------------------------------------
+# the operations: each returns (bytes verified, wrong bytes, seconds of the timed call)
+
+def _cmp(got, expected):
+    """(bytes compared, wrong bytes) of two tensors/arrays; a shape mismatch makes every byte wrong."""
+    def raw(t):
+        if isinstance(t, torch.Tensor):
+            t = t.detach().contiguous()
+            return t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+        return np.ascontiguousarray(t).reshape(-1).view(np.uint8)
+    a, b = raw(got), raw(expected)
+    if isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor) and tuple(got.shape) != tuple(expected.shape):
+        return b.nbytes, max(a.nbytes, b.nbytes, 1)
+    if a.nbytes != b.nbytes:
+        return b.nbytes, max(a.nbytes, b.nbytes, 1)
+    return b.nbytes, int(np.count_nonzero(a != b))
+
+
+class Stress:
+    def __init__(self, args, mw):
+        self.args, self.mw = args, mw
+        self.topo = mw.topology()
+        self.P, self.me = self.topo.world_size, self.topo.rank
+        self.g = mw.default_group()
+        self.pools = Pools(args.seed, self.P, args.max_bytes)
+        self.windows = []           # (Window, slot bytes, created at step)
+        self.moe = None             # (handle, buffer, inputs...) of the last dispatch, for combine
+        self.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+        bad = [o for o in self.ops if o not in OPS]
+        if bad or not self.ops:
+            raise ValueError(f"--ops: unknown {bad}; choose from {','.join(OPS)}")
+        if "combine" in self.ops and "dispatch" not in self.ops:
+            self.ops.append("dispatch")
+
+    # -- one step ---------------------------------------------------------------------------
+    def step(self, i):
+        rng = np.random.default_rng([self.args.seed, i, 1])
+        weights = {"allgather": 3, "multiwrite": 3, "dispatch": 2, "combine": 2}
+        names = list(self.ops)
+        p = np.array([weights[n] for n in names], dtype=float)
+        op = names[rng.choice(len(names), p=p / p.sum())]
+        if op == "combine" and self.moe is None:
+            op = "dispatch"
+        if self.args.delay_rank == self.me and self.args.delay_ms > 0:
+            time.sleep(self.args.delay_ms / 1e3)
+        fn = {"allgather": self.allgather, "multiwrite": self.multiwrite, "dispatch": self.dispatch,
+              "combine": self.combine}[op]
+        return (op,) + fn(i, rng)
+
+    def allgather(self, i, rng):
+        mw, P = self.mw, self.P
+        dtype = AG_DTYPES[rng.integers(len(AG_DTYPES))]
+        es = torch.empty(0, dtype=dtype).element_size()
+        nbytes = int(math.exp(rng.uniform(0, math.log(self.args.max_bytes))))
+        count = max(0, nbytes // es)
+        mode = ("multiwrite", "unicast")[rng.integers(2)]
+        c = count * es
+        x = torch.empty(count, dtype=dtype)
+        self.pools.chunk(i, self.me, c, out=x.view(torch.uint8).numpy())
+        out = torch.empty(P * count, dtype=dtype)
+        ob = out.view(torch.uint8).numpy()
+        expected = np.empty(P * c, dtype=np.uint8)
+        for s in range(P):
+            self.pools.chunk(i, s, c, out=expected[s * c:(s + 1) * c])
+        np.bitwise_xor(expected, 0xFF, out=ob)           # poison: wrong everywhere until written
+        t0 = time.perf_counter()
+        mw.all_gather(out, x, mode=mode)
+        dt = time.perf_counter() - t0
+        return _cmp(ob, expected) + (dt,)
+
+    def _window(self, i, rng):
+        """Pick a window (sometimes create one, sometimes free one: collective, same choice everywhere)."""
+        mw, P = self.mw, self.P
+        if not self.windows or (len(self.windows) < 4 and rng.random() < 0.05):
+            slot = int(rng.choice([64, 1000, 4096, 65536, max(64, self.args.max_bytes // 4), self.args.max_bytes]))
+            self.windows.append((mw.Window(P * slot), slot, i))
+        elif len(self.windows) > 1 and rng.random() < 0.03:
+            win, _, _ = self.windows.pop(int(rng.integers(len(self.windows))))
+            win.free()
+        return self.windows[int(rng.integers(len(self.windows)))]
+
+    def multiwrite(self, i, rng):
+        P, me = self.P, self.me
+        win, slot, _ = self._window(i, rng)
+        plan = []
+        for s in range(P):
+            n = int(rng.integers(0, slot + 1)) if rng.random() < 0.9 else int(rng.integers(0, 2))
+            dests = [int(d) for d in np.flatnonzero(rng.random(P) < rng.uniform(0, 1))]
+            rng.shuffle(dests)
+            per_dest = rng.random() < 0.5
+            offs = [s * slot + int(rng.integers(0, slot - n + 1)) for _ in dests] if per_dest else \
+                [s * slot + int(rng.integers(0, slot - n + 1))] * len(dests)
+            plan.append((n, dests, offs, per_dest))
+        mode = ("multiwrite", "unicast")[rng.integers(2)]
+        poison = (0xA5 ^ (i & 0xFF)) & 0xFF
+        win.buffer[:] = poison
+        before = win.arrivals().copy()
+        win.fence()                          # every window poisoned before anyone writes
+        n, dests, offs, per_dest = plan[me]
+        data = self.pools.chunk(i, me, n, salt=1)
+        t0 = time.perf_counter()
+        req = win.multi_write(data, dests, offs if per_dest else (offs[0] if offs else 0), mode=mode)
+        req.wait()
+        win.fence()
+        dt = time.perf_counter() - t0
+        expected = np.full(win.nbytes, poison, dtype=np.uint8)
+        arrivals = np.zeros(P, dtype=np.int64)
+        for s, (n_s, d_s, o_s, _) in enumerate(plan):
+            if me in d_s:
+                off = o_s[d_s.index(me)]
+                self.pools.chunk(i, s, n_s, salt=1, out=expected[off:off + n_s])
+                arrivals[s] += 1
+        verified, wrong = _cmp(win.buffer, expected)
+        got = (win.arrivals() - before) & 0xFFFFFFFF
+        wrong += int(np.count_nonzero(got != arrivals)) * 4
+        return verified + 4 * P, wrong, dt
+
+    def dispatch(self, i, rng):
+        mw, P, me = self.mw, self.P, self.me
+        topo = self.topo
+        dtype = MOE_DTYPES[rng.integers(len(MOE_DTYPES))]
+        H = int(rng.choice([h for h in (8, 64, 256, 1000, 1024, 2048, 4096) if h <= self.args.max_hidden] or [8]))
+        E = P * int(rng.choice([1, 2, 4, 8]))
+        k = int(rng.integers(1, min(8, E) + 1))
+        routing = str(rng.choice(["uniform", "uniform_none", "skewed", "one_node", "none"], p=[.4, .2, .25, .1, .05]))
+        Ts = [int(rng.integers(0, self.args.max_tokens + 1)) if rng.random() < 0.95 else 0 for _ in range(P)]
+        mode = ("multiwrite", "unicast")[rng.integers(2)]
+        cached = rng.random() < 0.3
+        node_of = topo.node_of
+        inputs = [moe_inputs(self.args.seed, i, s, Ts[s], H, E, k, dtype, routing, P, node_of) for s in range(P)]
+        x, idx, w = inputs[me]
+        buf = mw.Buffer(mode=mode)
+        t0 = time.perf_counter()
+        recv_x, recv_idx, recv_w, per_expert, handle = buf.dispatch(x, idx, w, E)
+        dt = time.perf_counter() - t0
+        ref = _dispatch_reference(inputs, me, E, P)
+        verified, wrong = _check_dispatch((recv_x, recv_idx, recv_w, per_expert), ref)
+        if cached:       # the same routing again through the handle, with new token data
+            inputs2 = [moe_inputs(self.args.seed, i, s, Ts[s], H, E, k, dtype, routing, P, node_of, salt=1)
+                       for s in range(P)]
+            inputs2 = [(x2, idx_s, w_s) for (x2, _, _), (_, idx_s, w_s) in zip(inputs2, inputs)]
+            t0 = time.perf_counter()
+            got2 = buf.dispatch(inputs2[me][0], handle=handle)
+            dt += time.perf_counter() - t0
+            v2, w2 = _check_dispatch(got2[:4], _dispatch_reference(inputs2, me, E, P))
+            verified, wrong = verified + v2, wrong + w2
+        self.moe = (buf, handle, inputs, E, P, H, dtype, i)
+        return verified, wrong, dt
+
+    def combine(self, i, rng):
+        buf, handle, inputs, E, P, H, dtype, step = self.moe
+        self.moe = None
+        me = self.me
+        ref = _dispatch_reference(inputs, me, E, P)
+        src = torch.tensor([s for s, _ in ref["rows"]], dtype=torch.int64)
+        tok = torch.tensor([t for _, t in ref["rows"]], dtype=torch.int64)
+        col = torch.arange(H, dtype=torch.int64)
+        y = ((3 * src[:, None] + 5 * tok[:, None] + 7 * me + col[None, :] + i) % 8).to(dtype)
+        t0 = time.perf_counter()
+        out = buf.combine(y, handle)
+        dt = time.perf_counter() - t0
+        # expected on this (source) rank: sum over the ranks d that got token t of (3me + 5t + 7d + col + i) % 8
+        idx = inputs[me][1]
+        T = idx.shape[0]
+        per = E // P
+        expected = torch.zeros(T, H, dtype=torch.float32)
+        t = torch.arange(T, dtype=torch.int64)
+        for d in range(P):
+            hit = ((idx >= d * per) & (idx < (d + 1) * per)).any(dim=1)
+            if hit.any():
+                v = ((3 * me + 5 * t[hit][:, None] + 7 * d + col[None, :] + i) % 8).float()
+                expected[hit] += v
+        return _cmp(out, expected.to(dtype)) + (dt,)
+
+
+def _dispatch_reference(inputs, me, E, P):
+    per = E // P
+    lo, hi = me * per, (me + 1) * per
+    rows, xs, ids, ws = [], [], [], []
+    for s, (x, idx, w) in enumerate(inputs):
+        if idx.shape[0] == 0:
+            continue
+        hit = torch.nonzero(((idx >= lo) & (idx < hi)).any(dim=1)).flatten()
+        rows += [(s, int(t)) for t in hit]
+        xs.append(x[hit])
+        sel = idx[hit]
+        ids.append(torch.where((sel >= lo) & (sel < hi), sel - lo, torch.full_like(sel, -1)))
+        ws.append(w[hit])
+    k = inputs[0][1].shape[1]
+    H = inputs[0][0].shape[1]
+    dtype = inputs[0][0].dtype
+    x = torch.cat(xs) if xs else torch.empty(0, H, dtype=dtype)
+    idx = torch.cat(ids) if ids else torch.empty(0, k, dtype=torch.int64)
+    w = torch.cat(ws) if ws else torch.empty(0, k, dtype=torch.float32)
+    per_expert = torch.bincount(idx[idx >= 0], minlength=per).tolist() if idx.numel() else [0] * per
+    return {"rows": rows, "x": x, "idx": idx, "w": w, "per_expert": per_expert}
+
+
+def _check_dispatch(got, ref):
+    recv_x, recv_idx, recv_w, per_expert = got
+    v, wr = 0, 0
+    for a, b in ((recv_x, ref["x"]), (recv_idx, ref["idx"]), (recv_w, ref["w"])):
+        dv, dw = _cmp(a, b)
+        v, wr = v + dv, wr + dw
+    pe = np.asarray(list(per_expert), dtype=np.int64)
+    dv, dw = _cmp(pe, np.asarray(ref["per_expert"], dtype=np.int64))
+    return v + dv, wr + dw
+
+
+# ---------------------------------------------------------------------------------------------------
+# driver
+
+class Bar:
+    def __init__(self, enabled, duration, interval):
+        self.on = enabled
+        self.tty = sys.stderr.isatty()
+        self.duration, self.interval = duration, interval
+        self.last = -1e9
+
+    def show(self, elapsed, text, force=False):
+        if not self.on:
+            return
+        now = time.monotonic()
+        if not force and not self.tty and now - self.last < self.interval:
+            return
+        if not force and self.tty and now - self.last < 0.25:
+            return
+        self.last = now
+        frac = min(1.0, elapsed / self.duration)
+        bar = "#" * int(frac * 30) + "." * (30 - int(frac * 30))
+        line = f"[{bar}] {frac * 100:5.1f}% {_fmt_time(elapsed)}/{_fmt_time(self.duration)} {text}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:200] + "\033[K")
+            if force:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _pct(values, q):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(math.ceil(q / 100 * len(v))) - 1))]
+
+
+def run(args):
+    if args.timeout is not None:
+        os.environ["MULTIWRITE_TIMEOUT"] = str(args.timeout)
+    import multiwrite as mw
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    state = {"step": -1, "op": "init"}
+    t_start = time.monotonic()
+
+    def on_term(signum, frame):
+        print(f"stress: rank {os.environ.get('RANK', os.environ.get('OMPI_COMM_WORLD_RANK', '?'))}: FAILED: "
+              f"terminated by {signal.Signals(signum).name} in step #{state['step']} ({state['op']}) after "
+              f"{time.monotonic() - t_start:.1f}s: the launcher stops the job (another rank failed?)",
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    mw.init()
+    g = mw.default_group()
+    topo = mw.topology()
+    P, me = topo.world_size, topo.rank
+    for opt, val in (("--delay-rank", args.delay_rank), ("--kill-rank", args.kill_rank)):
+        if val is not None and not 0 <= val < P:
+            raise ValueError(f"{opt} {val}: no such rank (world size {P})")
+    if args.kill_rank is not None and args.at is None:
+        raise ValueError("--kill-rank needs --at (seconds after the start)")
+    stress = Stress(args, mw)
+    rss = {"start": rss_mib()}
+    bar = Bar(me == 0 and not args.quiet, args.duration, args.progress_interval)
+    if me == 0:
+        print(f"stress: {P} ranks on {topo.num_nodes} nodes ({'+'.join(str(len(r)) for r in topo.node_ranks)}), "
+              f"transport {g.transport.name}, ops {','.join(stress.ops)}, duration {_fmt_time(args.duration)}, "
+              f"seed {args.seed}, max {_fmt_bytes(args.max_bytes)}, timeout {g.timeout_s:g}s"
+              + (f", delay rank {args.delay_rank} by {args.delay_ms:g} ms" if args.delay_rank is not None else "")
+              + (f", kill rank {args.kill_rank} at {args.at:g}s" if args.kill_rank is not None else ""), flush=True)
+    if args.kill_rank == me:
+        def die():
+            print(f"stress: rank {me}: killing myself (SIGKILL) at {time.monotonic() - t_start:.1f}s as asked "
+                  f"(--kill-rank {me} --at {args.at:g})", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        killer = threading.Timer(max(0.0, args.at - (time.monotonic() - t_start)), die)
+        killer.daemon = True
+        killer.start()
+
+    lat = {op: [] for op in OPS}          # (step, seconds) of this rank, after warm-up
+    count = {op: 0 for op in OPS}
+    verified = wrong = 0
+    first_wrong = None
+    i = 0
+    t0 = time.monotonic()
+    try:
+        while True:
+            state["step"] = i
+            state["op"] = "?"
+            op, v, w, dt = stress.step(i)
+            state["op"] = op
+            count[op] += 1
+            verified += v
+            wrong += w
+            if w and first_wrong is None:
+                first_wrong = (i, op, w)
+                print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
+            if i >= args.warmup:
+                lat[op].append((i, dt))
+            if i + 1 == args.warmup:
+                rss["warm"] = rss_mib()
+            i += 1
+            if i % args.sync_every == 0:
+                state["op"] = "agreement on stopping"
+                elapsed = time.monotonic() - t0
+                flags = g.allgather_obj((elapsed >= args.duration, wrong))
+                stop = flags[0][0]
+                total_wrong = sum(f[1] for f in flags)
+                pct = "  ".join(f"{op[:4]} {_pct([d for _, d in lat[op][-2000:]], 50) * 1e3:.1f}/"
+                                f"{_pct([d for _, d in lat[op][-2000:]], 99) * 1e3:.1f}"
+                                for op in OPS if lat[op])
+                bar.show(elapsed, f"ops {i}  verified {_fmt_bytes(verified)} (rank 0)  wrong {total_wrong} B"
+                         + (f"  p50/p99 ms: {pct}" if pct else ""))
+                if stop:
+                    break
+    except Exception as exc:  # a peer died or hung, or a runtime error: clear message, no hang
+        elapsed = time.monotonic() - t_start
+        print(f"stress: rank {me}: FAILED in step #{state['step']} ({state['op']}) after {elapsed:.1f}s: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(3)     # skip finalize: peers may be gone and requests pending
+    elapsed = time.monotonic() - t0
+    rss.setdefault("warm", rss["start"])
+    for win, _, _ in stress.windows:
+        win.free()
+    stress.windows.clear()
+    stress.moe = None
+    rss["end"] = rss_mib()
+    mine = {"count": count, "lat": {op: lat[op] for op in OPS}, "verified": verified, "wrong": wrong,
+            "rss": rss, "first_wrong": first_wrong, "steps": i}
+    everyone = g.allgather_obj(mine)
+    code = 0
+    if me == 0:
+        summary = _summary(args, topo, g, everyone, elapsed)
+        bar.show(elapsed, f"ops {i} done", force=True)
+        print(summary["text"], flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({k: v for k, v in summary.items() if k != "text"}, f, indent=1)
+                f.write("\n")
+        code = 1 if summary["wrong_bytes"] else 0
+    code = g.allgather_obj(code)[0]
+    return code
+
+
+def _summary(args, topo, g, everyone, elapsed):
+    P = len(everyone)
+    steps = everyone[0]["steps"]
+    ops = {}
+    lines = [f"stress summary: {P} ranks on {topo.num_nodes} nodes, transport {g.transport.name}, "
+             f"{_fmt_time(elapsed)} ({elapsed:.0f}s), {steps} steps (first {args.warmup} = warm-up), seed {args.seed}"]
+    lines.append(f"  {'op':<11}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}   (time of a call = max over ranks)")
+    for op in OPS:
+        per_step = {}
+        for r in everyone:
+            for step, dt in r["lat"][op]:
+                per_step[step] = max(per_step.get(step, 0.0), dt)
+        vals = list(per_step.values())
+        n = everyone[0]["count"][op]
+        ops[op] = {"count": n, "p50_ms": _pct(vals, 50) * 1e3 if vals else None,
+                   "p99_ms": _pct(vals, 99) * 1e3 if vals else None, "max_ms": max(vals) * 1e3 if vals else None}
+        if n:
+            lines.append(f"  {op:<11}{n:>8}{ops[op]['p50_ms'] or 0:>10.2f}{ops[op]['p99_ms'] or 0:>10.2f}"
+                         f"{ops[op]['max_ms'] or 0:>10.2f}")
+    verified = sum(r["verified"] for r in everyone)
+    wrong = sum(r["wrong"] for r in everyone)
+    counts = ", ".join(f"{op} {everyone[0]['count'][op]}" for op in OPS)
+    lines.append(f"  ops done: {steps} ({counts})")
+    lines.append(f"  bytes verified: {verified} ({_fmt_bytes(verified)}, all ranks)")
+    lines.append(f"  wrong bytes: {wrong}" + ("" if not wrong else "  <-- FAILED: " + "; ".join(
+        f"rank {r}: first at step #{e['first_wrong'][0]} ({e['first_wrong'][1]})"
+        for r, e in enumerate(everyone) if e["first_wrong"])))
+    lines.append("  RSS per rank (MiB): start / after warm-up / end (growth after warm-up)")
+    rss = []
+    for r, e in enumerate(everyone):
+        s, w, en = e["rss"]["start"], e["rss"]["warm"], e["rss"]["end"]
+        rss.append({"rank": r, "start_mib": round(s, 1), "warm_mib": round(w, 1), "end_mib": round(en, 1),
+                    "growth_mib": round(en - w, 1)})
+        lines.append(f"    rank {r}: {s:8.1f} / {w:8.1f} / {en:8.1f}  ({en - w:+.1f})")
+    growth = max(x["growth_mib"] for x in rss)
+    lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB")
+    lines.append("  RESULT: " + ("PASS (0 wrong bytes)" if not wrong else f"FAIL ({wrong} wrong bytes)"))
+    return {"text": "\n".join(lines), "ranks": P, "nodes": topo.num_nodes, "transport": g.transport.name,
+            "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "seed": args.seed, "ops": ops,
+            "bytes_verified": verified, "wrong_bytes": wrong, "rss": rss, "max_rss_growth_mib": growth,
+            "args": {k: v for k, v in vars(args).items()}}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if (args.delay_rank is None) != (args.delay_ms == 0):
+        if args.delay_rank is None:
+            print("error: --delay-ms needs --delay-rank", file=sys.stderr)
+            return 2
+    if args.warmup < 0 or args.sync_every < 1 or args.max_tokens < 0 or args.max_hidden < 1:
+        print("error: --warmup >= 0, --sync-every >= 1, --max-tokens >= 0, --max-hidden >= 1", file=sys.stderr)
+        return 2
+    try:
+        code = run(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    import multiwrite as mw
+    mw.finalize()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
