@@ -12,10 +12,12 @@ What runs where (see docs/backend.md for the table):
   sizes too, padded to the largest), ``broadcast`` (and everything built on them, e.g.
   ``all_gather_object``, ``broadcast_object_list``, DDP's initial parameter broadcast, FSDP's parameter
   all-gathers);
+* on the multiwrite runtime without replication (nothing to deduplicate: every chunk has one
+  destination): ``all_to_all_single`` (equal and uneven splits) and ``all_to_all`` (uneven sizes too,
+  through one ``all_to_all_single``) -- multiwrite/alltoall.py, shared memory inside a node;
 * delegated to an internal ``ProcessGroupGloo`` built from the same store (same ranks, its own key
   prefix): ``all_reduce`` (+ coalesced), ``reduce_scatter_tensor`` / ``reduce_scatter``, ``reduce``,
-  ``all_to_all_single`` (equal and uneven splits), ``all_to_all`` (uneven sizes too, through one
-  ``all_to_all_single``), ``gather``, ``scatter``, ``barrier``, ``send`` / ``recv``.
+  ``gather``, ``scatter``, ``barrier``, ``send`` / ``recv``.
 
 Every op takes CPU tensors, contiguous or not (non-contiguous tensors go through a contiguous copy that
 is written back when the op completes), sync or ``async_op=True``. Ops on MultiWrite complete before
@@ -41,11 +43,13 @@ transport from the subgroup's prefix store, or an MPI communicator from ``MPI_Co
 ``group_of(pg)`` returns the multiwrite Group of such a process group, and the world group's Group
 becomes multiwrite's default group (``mw.Buffer()``, ``mw.all_gather`` work right after init).
 """
+import atexit
 import contextlib
 import datetime
 import os
 import socket
 import threading
+import weakref
 import zlib
 
 try:
@@ -441,6 +445,7 @@ if dist is not None:
             self.gloo = dist.ProcessGroupGloo(dist.PrefixStore(prefix + "/delegate", store), rank, size,
                                               self._timeout)
             self._closed = False
+            _live.add(self)
 
         # -- identity ------------------------------------------------------------------------
         def getBackendName(self):
@@ -647,12 +652,10 @@ if dist is not None:
                     raise ValueError(f"multiwrite backend: {what}: the {name}'s first dimension "
                                      f"({t.size(0) if t.dim() else 'scalar'}) is not divisible by the "
                                      f"world size ({self._size}); pass split sizes")
-            c = _Contig()
-            o, i = c(output, output=True), c(input)
-            with _gloo_errors(what, input.dtype):
-                inner = self.gloo.alltoall_base(o, i, list(output_split_sizes or []),
-                                                list(input_split_sizes or []), opts)
-            return self._delegate(inner, c, [output])
+            from .alltoall import all_to_all_single
+            all_to_all_single(output, input, list(output_split_sizes or []) or None,
+                              list(input_split_sizes or []) or None, group=self.mw_group)
+            return _completed([output])
 
         def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
             return self.all_to_all_single(output, input, output_split_sizes, input_split_sizes, opts)
@@ -670,17 +673,14 @@ if dist is not None:
             in_splits = [t.numel() for t in inputs]
             out_splits = [t.numel() for t in outputs]
 
-            def unpack():
-                with torch.no_grad():
-                    off = 0
-                    for t in outputs:
-                        t.copy_(flat_out[off:off + t.numel()].view(t.shape))
-                        off += t.numel()
-
-            with _gloo_errors(what, flat_in.dtype):
-                inner = self.gloo.alltoall_base(flat_out, flat_in, out_splits, in_splits,
-                                                opts or dist.AllToAllOptions())
-            return _Work([inner], unpack, outputs)
+            from .alltoall import all_to_all_single
+            all_to_all_single(flat_out, flat_in, out_splits, in_splits, group=self.mw_group)
+            with torch.no_grad():
+                off = 0
+                for t in outputs:
+                    t.copy_(flat_out[off:off + t.numel()].view(t.shape))
+                    off += t.numel()
+            return _completed(outputs)
 
         def gather(self, output_lists, input_list, opts=None):
             opts = opts or dist.GatherOptions()
@@ -763,6 +763,19 @@ if dist is not None:
             return work.get_future()
         except RuntimeError:
             return None
+
+
+_live = weakref.WeakSet()
+
+
+def _shutdown_all():
+    """At exit: stop the internal Gloo groups' threads before the interpreter goes away (a Gloo worker
+    releasing a tensor during finalization aborts the process), then close the multiwrite Groups."""
+    for pg in list(_live):
+        try:
+            pg.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 def _timeout_seconds(timeout):
@@ -898,5 +911,7 @@ def register():
 
 _set_env_from_mpi_launcher()
 register()
+if dist is not None:
+    atexit.register(_shutdown_all)
 
 __all__ = ["BACKEND_NAME", "ProcessGroupMultiwrite", "group_of", "register"]

@@ -11,7 +11,6 @@ straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Sa
 """
 from . import _dtypes, _packets, _tensors
 from ._config import check_mode
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_BROADCAST
@@ -76,30 +75,21 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
             staging[:] = buf
             g.stats.add_intra(c)
         if unicast:
-            targets = [(d, topo.node_of[d], 1 << topo.local_rank_of[d])
-                       for d in range(g.size) if topo.node_of[d] != root_node]
+            targets = [(d, 1 << topo.local_rank_of[d]) for d in range(g.size) if topo.node_of[d] != root_node]
         else:
-            targets = [(topo.relay_for(root, m), m, _packets.full_bitmap(len(topo.node_ranks[m])))
+            targets = [(topo.relay_for(root, m), _packets.full_bitmap(len(topo.node_ranks[m])))
                        for m in range(topo.num_nodes) if m != root_node]
         headers_out = _packets.header_buffers(g, "broadcast_hout", len(targets))
-        for i, (d, m, bitmap) in enumerate(targets):
-            _packets.build(headers_out[i], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
-                           dest_bitmap=bitmap, offset=0, payload_len=c)
-            g.stats.add_inter(_packets.HEADER + c, m)
-            sends.append(g.transport.isend(headers_out[i], d, tag))
-            sends.append(g.transport.isend(buf, d, tag))
+        for i, (d, bitmap) in enumerate(targets):
+            sends += _packets.send(g, headers_out[i], buf, d, tag, window_id=window_id, seq=seq,
+                                   dest_bitmap=bitmap)
 
-    error = mismatch
-    try:
-        _wait_checked(g, recvs, what)
+    def check_header():
         if header_in is not None:
             _packets.check(header_in, what=what, window_id=window_id, seq=seq, src_rank=root,
                            window_size=c, num_local_ranks=topo.local_size, payload_len=c)
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
+
+    error = _packets.complete(g, what, recvs, sends, check_header, mismatch)
     if uses_staging:
         g.node_sync(what, error)    # the payload is in the node's staging buffer (or all ranks raise)
         if r != root:
@@ -107,17 +97,6 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
     elif error is not None:
         raise error
     return buf
-
-
-def _wait_checked(g, requests, what):
-    """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
-    try:
-        g.wait_all(requests, what)
-    except MultiwriteError:
-        raise
-    except Exception as exc:  # MPI truncation, Gloo size errors
-        raise MismatchError(f"{what}: a peer's message does not fit what this rank expects "
-                            f"(sizes differ across ranks?): {exc}") from exc
 
 
 __all__ = ["broadcast", "broadcast_bytes"]

@@ -351,7 +351,8 @@ def test_subgroups():
 
 
 def test_inter_node_bytes():
-    """dist.broadcast and dist.all_gather_into_tensor really go through MultiWrite: exact byte counts."""
+    """dist.broadcast and dist.all_gather_into_tensor really go through MultiWrite, all_to_all_single
+    through the runtime: exact inter-node byte counts per node."""
     g = group_of()
     topo = g.topo
     N = topo.num_nodes
@@ -376,6 +377,18 @@ def test_inter_node_bytes():
         sent[node] += b
     want = [len(topo.node_ranks[m]) * (N - 1) * (c + 64) for m in range(N)]
     assert sent == want, f"all_gather_into_tensor: inter-node bytes per node {sent}, expected {want}"
+    # all_to_all_single (runtime, no replication): one packet per remote destination rank
+    row = 3 * 8
+    g.stats.reset()
+    out = torch.empty((sum(a2a_splits(s, RANK) for s in range(P)), 3), dtype=torch.int64)
+    dist.all_to_all_single(out, torch.zeros((sum(a2a_splits(RANK, d) for d in range(P)), 3), dtype=torch.int64),
+                           [a2a_splits(s, RANK) for s in range(P)], [a2a_splits(RANK, d) for d in range(P)])
+    sent = [0] * N
+    for node, b in gather_stats(g):
+        sent[node] += b
+    want = [sum(a2a_splits(s, d) * row + 64 for s in topo.node_ranks[m] for d in range(P)
+                if topo.node_of[d] != m) for m in range(N)]
+    assert sent == want, f"all_to_all_single: inter-node bytes per node {sent}, expected {want}"
 
 
 def gather_stats(g):
@@ -414,9 +427,23 @@ def test_errors():
             COUNTS["errors_matched"] += 1
         else:
             raise AssertionError(f"{what}: no error raised")
+    # split sizes that disagree across ranks: rank 0 expects [2, 0, 1, 1, ...] rows while every rank
+    # sends one row to each; the ranks that can see it raise a MismatchError, nobody hangs
+    out_splits = [2, 0] + [1] * (P - 2) if RANK == 0 else [1] * P
+    try:
+        dist.all_to_all_single(torch.empty(P, 2), torch.ones(P, 2), out_splits, [1] * P)
+        raised = False
+    except mw.MismatchError as exc:
+        raised = True
+        assert "all_to_all" in str(exc), str(exc)
+    assert raised or RANK != 0, "rank 0 did not detect the split disagreement"
+    COUNTS["errors_matched"] += int(raised)
     out = torch.empty(P * 2)
     dist.all_gather_into_tensor(out, torch.full((2,), float(RANK)))
     assert torch.equal(out, torch.arange(P).float().repeat_interleave(2)), "group unusable after errors"
+    a2a = torch.empty(P)
+    dist.all_to_all_single(a2a, torch.full((P,), float(RANK)))
+    assert torch.equal(a2a, torch.arange(P).float()), "all_to_all unusable after a mismatch"
 
 
 def main():
