@@ -22,7 +22,9 @@ bytes (the exit status is 1 if any), and every rank's RSS at start, after warm-u
 
 Faults: ``--delay-rank R --delay-ms X`` makes rank R sleep X ms before every operation (results must
 stay right); ``--kill-rank R --at S`` SIGKILLs rank R S seconds after the start: the survivors must
-fail with a clear error within the timeout (MULTIWRITE_TIMEOUT, or --timeout), never hang; exit 3.
+fail with a clear error within the timeout (MULTIWRITE_TIMEOUT, or --timeout), never hang; exit 3
+(under mpirun, Open MPI itself aborts the job as soon as a peer's socket closes). ``--hang-rank R --at S``
+SIGSTOPs rank R instead (alive, silent): the survivors must time out after MULTIWRITE_TIMEOUT.
 """
 import argparse
 import json
@@ -87,8 +89,10 @@ def build_parser():
     p.add_argument("--delay-rank", type=int, default=None, metavar="R", help="fault: rank R sleeps before every op")
     p.add_argument("--delay-ms", type=float, default=0.0, metavar="X", help="fault: ... for X ms")
     p.add_argument("--kill-rank", type=int, default=None, metavar="R", help="fault: SIGKILL rank R ...")
+    p.add_argument("--hang-rank", type=int, default=None, metavar="R",
+                   help="fault: rank R stops (SIGSTOP: alive, sockets open, silent) ...")
     p.add_argument("--at", type=parse_duration, default=None, metavar="S",
-                   help="... S seconds after the start (10s, 1m)")
+                   help="... S seconds after the start (10s, 1m), for --kill-rank / --hang-rank")
     p.add_argument("--json", metavar="FILE", help="rank 0 writes the summary as JSON to FILE")
     p.add_argument("--progress-interval", type=float, default=10.0,
                    help="seconds between progress lines when stderr is not a terminal (default 10)")
@@ -191,8 +195,9 @@ def _cmp(got, expected):
 
 
 class Stress:
-    def __init__(self, args, mw):
+    def __init__(self, args, mw, state=None):
         self.args, self.mw = args, mw
+        self.state = state if state is not None else {}
         self.topo = mw.topology()
         self.P, self.me = self.topo.world_size, self.topo.rank
         self.g = mw.default_group()
@@ -215,6 +220,7 @@ class Stress:
         op = names[rng.choice(len(names), p=p / p.sum())]
         if op == "combine" and self.moe is None:
             op = "dispatch"
+        self.state["op"] = op
         if self.args.delay_rank == self.me and self.args.delay_ms > 0:
             time.sleep(self.args.delay_ms / 1e3)
         fn = {"allgather": self.allgather, "multiwrite": self.multiwrite, "dispatch": self.dispatch,
@@ -439,12 +445,13 @@ def run(args):
     g = mw.default_group()
     topo = mw.topology()
     P, me = topo.world_size, topo.rank
-    for opt, val in (("--delay-rank", args.delay_rank), ("--kill-rank", args.kill_rank)):
+    for opt, val in (("--delay-rank", args.delay_rank), ("--kill-rank", args.kill_rank),
+                     ("--hang-rank", args.hang_rank)):
         if val is not None and not 0 <= val < P:
             raise ValueError(f"{opt} {val}: no such rank (world size {P})")
-    if args.kill_rank is not None and args.at is None:
-        raise ValueError("--kill-rank needs --at (seconds after the start)")
-    stress = Stress(args, mw)
+    if (args.kill_rank is not None or args.hang_rank is not None) and args.at is None:
+        raise ValueError("--kill-rank / --hang-rank need --at (seconds after the start)")
+    stress = Stress(args, mw, state)
     rss = {"start": rss_mib()}
     bar = Bar(me == 0 and not args.quiet, args.duration, args.progress_interval)
     if me == 0:
@@ -452,12 +459,15 @@ def run(args):
               f"transport {g.transport.name}, ops {','.join(stress.ops)}, duration {_fmt_time(args.duration)}, "
               f"seed {args.seed}, max {_fmt_bytes(args.max_bytes)}, timeout {g.timeout_s:g}s"
               + (f", delay rank {args.delay_rank} by {args.delay_ms:g} ms" if args.delay_rank is not None else "")
-              + (f", kill rank {args.kill_rank} at {args.at:g}s" if args.kill_rank is not None else ""), flush=True)
-    if args.kill_rank == me:
+              + (f", kill rank {args.kill_rank} at {args.at:g}s" if args.kill_rank is not None else "")
+              + (f", hang rank {args.hang_rank} at {args.at:g}s" if args.hang_rank is not None else ""), flush=True)
+    if me in (args.kill_rank, args.hang_rank):
+        sig, opt = (signal.SIGKILL, "--kill-rank") if me == args.kill_rank else (signal.SIGSTOP, "--hang-rank")
+
         def die():
-            print(f"stress: rank {me}: killing myself (SIGKILL) at {time.monotonic() - t_start:.1f}s as asked "
-                  f"(--kill-rank {me} --at {args.at:g})", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            print(f"stress: rank {me}: sending myself {sig.name} at {time.monotonic() - t_start:.1f}s as asked "
+                  f"({opt} {me} --at {args.at:g})", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), sig)
         killer = threading.Timer(max(0.0, args.at - (time.monotonic() - t_start)), die)
         killer.daemon = True
         killer.start()
