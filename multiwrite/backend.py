@@ -68,7 +68,7 @@ BACKEND_NAME = "multiwrite"
 _MPI_ENV_KEYS = (  # (rank, size, local rank, local size) per MPI launcher
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),       # MPICH / Intel MPI (Hydra)
-    ("PMIX_RANK", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),  # srun --mpi=pmix
+    ("PMIX_RANK", "SLURM_NTASKS", "SLURM_LOCALID", None),   # srun --mpi=pmix (local size from MPI)
 )
 
 
@@ -79,7 +79,7 @@ def _mpi_rendezvous_wanted() -> bool:
 
 def _mpi_env_values():
     for keys in _MPI_ENV_KEYS:
-        values = [os.environ.get(k) for k in keys]
+        values = [os.environ.get(k) if k else None for k in keys]
         if values[0] is not None and values[1] is not None:
             return values
     return None
