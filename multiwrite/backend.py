@@ -629,8 +629,12 @@ if dist is not None:
             if len(ins) != self._size or any(t.numel() != out.numel() for t in ins):
                 raise ValueError(f"multiwrite backend: {what} needs {self._size} input tensors of "
                                  f"{out.numel()} elements each")
-            flat = torch.cat([t.reshape(-1) for t in ins])
-            return self.reduce_scatter_single(out, flat, opts)
+            _check_reduce(what, opts.reduceOp, out.dtype)
+            c = _Contig()
+            o = c(out, output=True)
+            with _gloo_errors(f"{what} (ReduceOp.{_op_name(opts.reduceOp)})", out.dtype):
+                inner = self.gloo.reduce_scatter([o], [[c(t) for t in ins]], opts)
+            return self._delegate(inner, c, [out])
 
         def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):
             opts = opts or dist.AllToAllOptions()

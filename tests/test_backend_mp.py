@@ -60,7 +60,7 @@ def test_ops(launcher):
     out = _run(launcher, "backend_ops.py")
     assert "backend ops OK" in out
     m = re.search(r"compared (\d+) results bitwise with Gloo/reference, (\d+) unsupported", out)
-    assert m and int(m.group(1)) > 600 and int(m.group(2)) > 50, out[-3000:]
+    assert m and int(m.group(1)) >= 730 and int(m.group(2)) >= 91, out[-3000:]
 
 
 @pytest.mark.parametrize("launcher,nprocs,per_node", [

@@ -62,6 +62,9 @@ def settle(work, async_op, what):
         assert work is None, f"{what}: sync op returned {work!r}"
         return
     assert work is not None, f"{what}: async op returned no Work"
+    if isinstance(work, torch._C.Future):     # dist.all_reduce_coalesced returns the future
+        work.wait()
+        return
     if next(_waits) % 2 or not MINE[0]:      # (Gloo has no future for reduce_scatter, send, recv)
         assert work.wait() in (True, None)
     else:
@@ -189,6 +192,29 @@ def test_reduce_scatter_tensor():
             settle(dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op), async_op, what)
             return out
         both(what, run)
+
+
+def test_list_and_coalesced_reductions():
+    """dist.reduce_scatter (tensor lists) and dist.all_reduce_coalesced, sync and async."""
+    for dtype, op, async_op in itertools.product((torch.float32, torch.bfloat16, torch.int64),
+                                                 (R.SUM, R.MAX, R.AVG), (False, True)):
+        what = f"reduce_scatter(list) {dtype} {opname(op)} async={async_op}"
+        ins = [data((3,), dtype, 1000 + 10 * RANK + d) for d in range(P)]
+
+        def run_rs(group):
+            out = torch.empty(3, dtype=dtype)
+            settle(dist.reduce_scatter(out, [t.clone() for t in ins], op=op, group=group, async_op=async_op),
+                   async_op, what)
+            return out
+        both(what, run_rs)
+        what = f"all_reduce_coalesced {dtype} {opname(op)} async={async_op}"
+        ts = [data((n,), dtype, 1100 + 10 * RANK + n) for n in (2, 5)]
+
+        def run_coalesced(group):
+            mine = [t.clone() for t in ts]
+            settle(dist.all_reduce_coalesced(mine, op=op, group=group, async_op=async_op), async_op, what)
+            return mine
+        both(what, run_coalesced)
 
 
 def test_reduce():
@@ -456,7 +482,8 @@ def main():
     timer = Timer()
     only = os.environ.get("BACKEND_OPS_ONLY")       # debugging: run a subset, e.g. "reduce_scatter"
     for test in (test_all_gather_into_tensor, test_all_gather_list, test_broadcast, test_all_reduce,
-                 test_reduce_scatter_tensor, test_reduce, test_all_to_all_single, test_all_to_all_list,
+                 test_reduce_scatter_tensor, test_list_and_coalesced_reductions, test_reduce,
+                 test_all_to_all_single, test_all_to_all_list,
                  test_gather_scatter, test_send_recv, test_objects, test_subgroups, test_inter_node_bytes,
                  test_errors):
         if only and only not in test.__name__:
