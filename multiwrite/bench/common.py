@@ -347,10 +347,9 @@ def run_interleaved(ctx, impls, iters, warmup, progress=None, label=""):
             im.run()
             t1 = time.perf_counter()
             rec = local[im.name]
-            if ctx.wire is not None:
-                ctx.barrier()
-                if wire is not None:
-                    rec["wire"].append(wire.read() - w0)
+            ctx.barrier()      # no rank checks (uses CPU) while another is still in the timed call
+            if wire is not None:
+                rec["wire"].append(wire.read() - w0)
             rec["t"].append((t1 - t0) * 1e6)
             rec["inter"].append(im.inter_bytes())
             rec["wrong"].append(int(im.check(it)))
@@ -538,13 +537,20 @@ def run_metadata(ctx, args, rate, delay_us, rate_src):
         "iters": args.iters, "warmup_iters": args.warmup_iters, "seed": args.seed,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "multiwrite": mw.__version__,
+        "torch": torch.__version__, "multiwrite": mw.__version__, "loadavg_at_end": _loadavg(),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("MULTIWRITE_", "VCLUSTER_")) or k in ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME")},
     }
     if ctx.comm is not None:
         meta["mpi"] = ctx.MPI.Get_library_version().strip().splitlines()[0]
     return meta
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_json(path, doc):
@@ -638,6 +644,24 @@ def emit(ctx, args, docs, *, json_path=None, plot_path=None):
         if plot_path:
             plot(docs, plot_path)
             print(f"# plot: {plot_path}", file=sys.stderr, flush=True)
+    return 1 if wrong else 0
+
+
+def show(path, file=None):
+    """Print the tables of a JSON written by --json (one benchmark or 'all')."""
+    with open(path) as f:
+        doc = json.load(f)
+    docs = doc.get("benchmarks") or [doc]
+    wire = any(r.get("wire_bytes") for d in docs for r in d["rows"])
+    out = file or sys.stdout
+    for d in docs:
+        print(format_table(d["rows"], title=d.get("header"), wire=wire), file=out)
+        for line in summary_lines(d):
+            print(line, file=out)
+        print(file=out)
+    wrong = sum(r["wrong"] + r["wrong_warmup"] for d in docs for r in d["rows"])
+    print(f"# {'all results checked: 0 wrong elements' if not wrong else f'ERROR: {wrong} wrong elements'}",
+          file=out, flush=True)
     return 1 if wrong else 0
 
 
