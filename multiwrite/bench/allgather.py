@@ -185,7 +185,7 @@ def main(args):
         common.sizes_from_args(args, DEFAULT_MIN, DEFAULT_MAX)
     except ValueError as e:
         return common.fail(None, str(e))
-    ctx = common.Context()
+    ctx = common.Context(barrier=args.barrier)
     try:
         doc = bench(ctx, args)
         return common.emit(ctx, args, [doc])

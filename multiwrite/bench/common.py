@@ -99,6 +99,12 @@ def add_common_arguments(parser, *, sizes_help):
     g.add_argument("--json", metavar="FILE", help="write the results (every row, every iteration) as JSON to FILE")
     g.add_argument("--plot", metavar="FILE.png", help="write a PNG plot: latency vs size per implementation, bound dashed")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    g = parser.add_argument_group("synchronisation")
+    g.add_argument("--barrier", choices=("auto", "mpi", "poll"), default="auto",
+                   help="barrier before and after every timed call under mpirun: mpi = MPI_Barrier (tightest start; "
+                        "use with --mca mpi_yield_when_idle 1, else waiting ranks spin), poll = MPI_Ibarrier polled "
+                        "with sleeps (never spins), auto = mpi when mpi_yield_when_idle is set, else poll "
+                        "(default); torchrun: Gloo's barrier")
 
 
 def sizes_from_args(args, default_lo, default_hi):
@@ -133,7 +139,7 @@ class Context:
     """Everything a benchmark rank needs. ``comm``: mpi4py COMM_WORLD (None under torchrun);
     ``gloo``: a torch.distributed Gloo group over all ranks; ``g``/``topo``: multiwrite's default group."""
 
-    def __init__(self, want_mpi=True, want_gloo=True):
+    def __init__(self, want_mpi=True, want_gloo=True, barrier="auto"):
         from .._config import launched_by_mpi, launched_by_torchrun, timeout_s
         import multiwrite as mw
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
@@ -144,6 +150,13 @@ class Context:
             from mpi4py import MPI
             self.MPI = MPI
             self.comm = MPI.COMM_WORLD
+        # The barrier between iterations: MPI_Barrier when Open MPI sleeps while it waits
+        # (mpi_yield_when_idle; ranks leave it closest together), else a polled MPI_Ibarrier, so that
+        # ranks that finished early never spin on the CPU that the still running ranks need.
+        yields = os.environ.get("OMPI_MCA_mpi_yield_when_idle", "").lower() in ("1", "true", "yes")
+        self.barrier_mode = ("mpi" if yields else "poll") if barrier == "auto" else barrier
+        if self.comm is None:
+            self.barrier_mode = "gloo"
         self.g = mw.init()
         self.topo = self.g.topo
         self.rank, self.size = self.topo.rank, self.topo.world_size
@@ -183,6 +196,9 @@ class Context:
         """All ranks arrive before any leaves; polls with sleeps (no busy spin that would steal the
         2 cores from the ranks still working) and gives up after MULTIWRITE_TIMEOUT."""
         if self.comm is not None:
+            if self.barrier_mode == "mpi":
+                self.comm.Barrier()
+                return
             req = self.comm.Ibarrier()
             deadline = time.monotonic() + self.timeout_s
             start, nap = time.monotonic(), 0.0
@@ -191,7 +207,7 @@ class Context:
                 if now > deadline:
                     raise TimeoutError(f"benchmark barrier: timed out after {self.timeout_s:g}s")
                 if now - start > 0.0005:
-                    nap = min(max(nap * 2, 2e-5), 2e-4)
+                    nap = min(max(nap * 2, 2e-5), 1e-4)
                     time.sleep(nap)
             return
         import torch.distributed as dist
@@ -533,6 +549,7 @@ def run_metadata(ctx, args, rate, delay_us, rate_src):
         "ranks_per_node": [len(r) for r in topo.node_ranks],
         "node_emulated": bool(os.environ.get("MULTIWRITE_RANKS_PER_NODE")),
         "vcluster": ctx.vcluster, "transport": ctx.g.transport.name, "rate_bps": rate,
+        "barrier": ctx.barrier_mode,
         "path_delay_us": delay_us, "rate_source": rate_src,
         "iters": args.iters, "warmup_iters": args.warmup_iters, "seed": args.seed,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -675,7 +692,7 @@ def header_lines(ctx, what, args, rate, delay_us, extra=""):
     return (f"# multiwrite bench {what}: {ctx.size} ranks on {topo.num_nodes} nodes ({per}, {where}); "
             f"launcher {ctx.launcher}, multiwrite transport {ctx.g.transport.name}\n"
             f"# {link}; median of {args.iters} iterations after {args.warmup_iters} warm-up, "
-            f"time = max over ranks; interleaved A B A B ...{extra}\n"
+            f"time = max over ranks; interleaved A B A B ...; barrier: {ctx.barrier_mode}{extra}\n"
             f"# algbw/busbw in GB/s (1e9 B/s); inter-node B/op = bytes leaving the busiest node per call "
             f"(multiwrite: mw.stats(), baselines: from the data they send); dedup = non-dedup bytes / these "
             f"bytes; vs best base = time / faster of MPI and Gloo")
@@ -717,7 +734,7 @@ def main(args):
         args.minbytes = saved
     except ValueError as e:
         return fail(None, str(e))
-    ctx = Context()
+    ctx = Context(barrier=args.barrier)
     try:
         try:
             moe.check_workload(args, ctx.size)

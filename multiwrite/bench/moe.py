@@ -554,7 +554,7 @@ def main(args):
         token_counts(args, args.hidden * esize)
     except ValueError as e:
         return common.fail(None, str(e))
-    ctx = common.Context()
+    ctx = common.Context(barrier=args.barrier)
     try:
         try:
             check_workload(args, ctx.size)
