@@ -1,10 +1,16 @@
 """The one interface every transport implements (MPI, Gloo): tagged point-to-point byte messages,
 small-object collectives for control data, and waits that end in a timeout error, never a hang."""
+import os
 import time
 
 import numpy as np
 
 from ..errors import MultiwriteTimeout
+
+
+_SPIN_S = float(os.environ.get("MULTIWRITE_SPIN_US", "50")) * 1e-6
+_SLEEP_MIN_S = 1e-5
+_SLEEP_MAX_S = 2e-4
 
 
 class Request:
@@ -30,8 +36,9 @@ class CompletedRequest(Request):
 
 
 def wait_polling(req, timeout_s, what=""):
-    """Poll ``req.test()`` until done. Spins briefly (low latency), then backs off so that
-    oversubscribed ranks leave the CPU to the peers they are waiting for."""
+    """Poll ``req.test()`` until done: a short busy spin (low latency when the peer is running), then
+    short sleeps. Sleeping rather than yielding matters when ranks outnumber cores: a rank that only
+    yields keeps competing for the CPU its peers need to make progress."""
     if req.test():
         return
     start = time.monotonic()
@@ -43,10 +50,8 @@ def wait_polling(req, timeout_s, what=""):
             raise MultiwriteTimeout(
                 f"{what or 'operation'}: timed out after {timeout_s:g}s waiting for {req.description} "
                 f"(a peer died, hangs, or did not call the same operation; MULTIWRITE_TIMEOUT sets the limit)")
-        if now - start < 0.002:
-            time.sleep(0)
-        else:
-            sleep = min(max(sleep * 2, 2e-5), 5e-4)
+        if now - start > _SPIN_S:
+            sleep = min(max(sleep * 2, _SLEEP_MIN_S), _SLEEP_MAX_S)
             time.sleep(sleep)
 
 
