@@ -2,9 +2,11 @@
 
 Run it SPMD under a launcher, for example on a virtual cluster of 2 nodes x 4 ranks:
 
-    launch/vcluster --nodes 2 --ranks-per-node 4 --rate 1gbit --delay 100us --launcher mpirun \\
-        --launcher-arg=--mca --launcher-arg=mpi_yield_when_idle --launcher-arg=1 \\
-        -- python -m multiwrite.bench allgather -b 1K -e 16M -f 4 --json ag.json --plot ag.png
+    scripts/bench_vcluster.sh --nodes 2 --ranks-per-node 4 --rate 1gbit --delay 100us --launcher mpirun \\
+        -- allgather -b 1K -e 16M -f 4 --json ag.json --plot ag.png
+
+(launch/vcluster with mpirun --bind-to none --mca mpi_yield_when_idle 1 --mca
+threads_pthreads_yield_strategy nanosleep: on an oversubscribed host ranks waiting in MPI must sleep)
 
 or on one host with emulated nodes: MULTIWRITE_RANKS_PER_NODE=4 mpirun -n 8 python -m multiwrite.bench
 allgather (torchrun works too; MPI's own Allgather is then left out).

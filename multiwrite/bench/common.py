@@ -73,7 +73,7 @@ def add_common_arguments(parser, *, sizes_help):
     g = parser.add_argument_group("sizes and iterations (nccl-tests flags)")
     g.add_argument("-b", "--minbytes", type=size_arg, default=None, metavar="SIZE", help=sizes_help)
     g.add_argument("-e", "--maxbytes", type=size_arg, default=None, metavar="SIZE",
-                   help="largest size (default: same as -b when -b is given)")
+                   help="largest size (default: the benchmark's, or -b when only -b is given)")
     g.add_argument("-f", "--stepfactor", type=int, default=4, metavar="F",
                    help="multiply the size by F between -b and -e (default %(default)s)")
     g.add_argument("-n", "--iters", type=int, default=10, metavar="N",
@@ -139,7 +139,7 @@ class Context:
     """Everything a benchmark rank needs. ``comm``: mpi4py COMM_WORLD (None under torchrun);
     ``gloo``: a torch.distributed Gloo group over all ranks; ``g``/``topo``: multiwrite's default group."""
 
-    def __init__(self, want_mpi=True, want_gloo=True, barrier="auto"):
+    def __init__(self, barrier="auto"):
         from .._config import launched_by_mpi, launched_by_torchrun, timeout_s
         import multiwrite as mw
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
@@ -160,9 +160,7 @@ class Context:
         self.g = mw.init()
         self.topo = self.g.topo
         self.rank, self.size = self.topo.rank, self.topo.world_size
-        self.gloo = None
-        if want_gloo or self.comm is None:
-            self.gloo = self._gloo_group()
+        self.gloo = self._gloo_group()
         self.vcluster = bool(os.environ.get("VCLUSTER_NODE_NAME") or os.environ.get("VCLUSTER_PREFIX"))
         self.wire = WireCounter() if self.vcluster and self.topo.num_nodes > 1 else None
 
@@ -395,15 +393,6 @@ def run_interleaved(ctx, impls, iters, warmup, progress=None, label=""):
                         "wire_bytes_node": wire_node,
                         "rank_median_us": [statistics.median(per_rank[r]["t"][warmup:]) for r in range(ctx.size)]}
     return out
-
-
-def count_wrong(got, expected):
-    """Number of elements of ``got`` that differ bit-wise from ``expected`` (byte arrays or tensors of
-    the same element type; elements of ``esize`` bytes compared as unsigned integers)."""
-    a, b = _as_bytes(got), _as_bytes(expected)
-    if a.nbytes != b.nbytes:
-        return max(a.nbytes, b.nbytes)
-    return int(np.count_nonzero(a != b))
 
 
 def count_wrong_elements(got, expected, esize):
