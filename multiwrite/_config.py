@@ -65,6 +65,10 @@ def transport() -> str:
         if value not in TRANSPORTS:
             raise ValueError(f"MULTIWRITE_TRANSPORT={value!r}: expected one of {TRANSPORTS}")
         return value
+    if "TORCHELASTIC_RUN_ID" in os.environ:      # torchrun itself
+        return "gloo"
+    if launched_by_mpi():                        # before MASTER_ADDR: multiwrite sets it under mpirun too
+        return "mpi"
     if launched_by_torchrun():
         return "gloo"
     return "mpi"

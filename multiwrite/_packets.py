@@ -13,11 +13,12 @@ WIN_ALLGATHER = 1
 WIN_DISPATCH = 2
 WIN_COMBINE = 3
 WIN_BROADCAST = 4
+WIN_ALLTOALL = 5
 USER_WINDOW_BASE = 1 << 16     # operator ids are op + 256 * dtype code, below this
 
 
 _OP_NAMES = {WIN_ALLGATHER: "all_gather", WIN_DISPATCH: "dispatch", WIN_COMBINE: "combine",
-             WIN_BROADCAST: "broadcast"}
+             WIN_BROADCAST: "broadcast", WIN_ALLTOALL: "all_to_all"}
 
 
 def describe(window_id):

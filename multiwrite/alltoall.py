@@ -13,7 +13,7 @@ from . import _dtypes, _packets, _tensors
 from .errors import MismatchError
 from .group import resolve, tag_for
 
-OP = 5      # operator window id (next after _packets.WIN_BROADCAST)
+OP = _packets.WIN_ALLTOALL
 
 
 def _splits(name, splits, rows, size):

@@ -440,8 +440,7 @@ if dist is not None:
             prefix = f"multiwrite/s{_sessions['count']}"
             transport = _make_transport(store, rank, size, list(global_ranks or []), group_id, timeout_s,
                                         prefix + "/transport")
-            with _global_emulated_nodes(self._global_ranks):
-                self.mw_group = Group(transport, timeout_s=timeout_s)
+            self.mw_group = Group(transport, timeout_s=timeout_s, global_ranks=self._global_ranks or None)
             self.gloo = dist.ProcessGroupGloo(dist.PrefixStore(prefix + "/delegate", store), rank, size,
                                               self._timeout)
             self._closed = False
@@ -836,37 +835,6 @@ def _make_transport(store, rank, size, global_ranks, group_id, timeout_s, prefix
         return MPITransport(comm, timeout_s)
     finally:
         comm.Free()
-
-
-@contextlib.contextmanager
-def _global_emulated_nodes(global_ranks):
-    """Workaround: topology.detect numbers MULTIWRITE_RANKS_PER_NODE's emulated nodes by the rank
-    *within the group's transport*, so a subgroup such as [1, 2] (with L=2) would put global ranks 1
-    and 2 on one node. Emulated nodes must follow global ranks, as for the world group."""
-    import importlib
-    _topology = importlib.import_module(__package__ + ".topology")   # mw.topology is the function
-    per_node = _config.ranks_per_node()
-    if per_node is None or list(global_ranks) == list(range(len(global_ranks))):
-        yield
-        return
-    original = _topology.detect
-
-    def detect(transport):
-        keys = transport.allgather_obj(_topology.node_key())
-        emulated = [global_ranks[r] // per_node for r in range(transport.size)]
-        for r, key in enumerate(keys):
-            first = emulated.index(emulated[r])
-            if keys[first] != key:
-                raise RuntimeError(
-                    f"MULTIWRITE_RANKS_PER_NODE={per_node} puts global ranks {global_ranks[r]} and "
-                    f"{global_ranks[first]} on one node, but they do not share memory")
-        return _topology.Topology.from_keys(transport.rank, emulated)
-
-    _topology.detect = detect
-    try:
-        yield
-    finally:
-        _topology.detect = original
 
 
 _sessions = {"count": 0}

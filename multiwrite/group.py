@@ -29,11 +29,11 @@ _MIN_BUFFER = 1 << 20
 class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
-    def __init__(self, transport, *, mode=None, timeout_s=None):
+    def __init__(self, transport, *, mode=None, timeout_s=None, global_ranks=None):
         self.transport = transport
         self.timeout_s = float(timeout_s if timeout_s is not None else _config.timeout_s())
         self.mode = _config.check_mode(mode)
-        self.topo = _topology.detect(transport)
+        self.topo = _topology.detect(transport, global_ranks)
         if self.topo.local_size > _MAX_LOCAL:
             raise MultiwriteError(f"{self.topo.local_size} ranks on one node; at most {_MAX_LOCAL} supported")
         self.stats = Stats()

@@ -97,18 +97,22 @@ class Topology:
                 f"local_size={self.local_size})")
 
 
-def detect(transport) -> Topology:
-    """Collective: every rank of ``transport`` learns the placement of every rank."""
+def detect(transport, global_ranks=None) -> Topology:
+    """Collective: every rank of ``transport`` learns the placement of every rank.
+
+    ``global_ranks[r]``: the world rank of group rank r (subgroups); emulated nodes
+    (MULTIWRITE_RANKS_PER_NODE) follow world ranks, so a subgroup sees the same nodes as the world."""
     per_node = _config.ranks_per_node()
     keys = transport.allgather_obj(node_key())
     if per_node is not None:
+        world = list(global_ranks) if global_ranks else list(range(transport.size))
         # Emulated nodes must still be real shared-memory domains: refuse to group ranks across hosts.
-        emulated = [r // per_node for r in range(transport.size)]
+        emulated = [world[r] // per_node for r in range(transport.size)]
         for r, key in enumerate(keys):
             first = emulated.index(emulated[r])
             if keys[first] != key:
                 raise RuntimeError(
-                    f"MULTIWRITE_RANKS_PER_NODE={per_node} puts rank {r} ({key}) and rank {first} "
-                    f"({keys[first]}) on one node, but they do not share memory")
+                    f"MULTIWRITE_RANKS_PER_NODE={per_node} puts rank {world[r]} ({key}) and rank "
+                    f"{world[first]} ({keys[first]}) on one node, but they do not share memory")
         keys = emulated
     return Topology.from_keys(transport.rank, keys)
