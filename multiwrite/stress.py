@@ -478,6 +478,8 @@ def run(args):
     first_wrong = None
     i = 0
     t0 = time.monotonic()
+    timeline = []                 # (step, seconds, RSS MiB) about every 5% of the run
+    sample_every, next_sample = max(5.0, args.duration / 20), 0.0
     try:
         while True:
             state["step"] = i
@@ -498,6 +500,9 @@ def run(args):
             if i % args.sync_every == 0:
                 state["op"] = "agreement on stopping"
                 elapsed = time.monotonic() - t0
+                if elapsed >= next_sample:       # RSS over time: a leak grows, buffers plateau
+                    timeline.append((i, round(elapsed, 1), round(rss_mib(), 1)))
+                    next_sample = elapsed + sample_every
                 flags = g.allgather_obj((elapsed >= args.duration, wrong))
                 stop = flags[0][0]
                 total_wrong = sum(f[1] for f in flags)
@@ -521,7 +526,7 @@ def run(args):
     stress.moe = None
     rss["end"] = rss_mib()
     mine = {"count": count, "lat": {op: lat[op] for op in OPS}, "verified": verified, "wrong": wrong,
-            "rss": rss, "first_wrong": first_wrong, "steps": i}
+            "rss": rss, "first_wrong": first_wrong, "steps": i, "timeline": timeline + [(i, round(elapsed, 1), rss["end"])]}
     everyone = g.allgather_obj(mine)
     code = 0
     if me == 0:
@@ -573,10 +578,37 @@ def _summary(args, topo, g, everyone, elapsed):
         lines.append(f"    rank {r}: {s:8.1f} / {w:8.1f} / {en:8.1f}  ({en - w:+.1f})")
     growth = max(x["growth_mib"] for x in rss)
     lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB")
+    # trends over the run, by quarter (steps split by rank 0's clock): latency and memory
+    tl = everyone[0]["timeline"]
+    quarters = []
+    if len(tl) >= 2 and elapsed > 0:
+        for q in range(4):
+            t_lo, t_hi = elapsed * q / 4, elapsed * (q + 1) / 4
+            steps = [st for st, t, _ in tl if t_lo <= t <= t_hi] or [0]
+            s_lo = max([st for st, t, _ in tl if t <= t_lo] or [0])
+            s_hi = min([st for st, t, _ in tl if t >= t_hi] or [steps[-1]])
+            entry = {"from_s": round(t_lo), "to_s": round(t_hi), "steps": [s_lo, s_hi], "p50_ms": {},
+                     "rss_max_mib": max(max((m for st, t, m in e["timeline"] if t <= t_hi), default=0)
+                                        for e in everyone)}
+            for op in OPS:
+                per_step = {}
+                for e in everyone:
+                    for step, dt in e["lat"][op]:
+                        if s_lo <= step < s_hi:
+                            per_step[step] = max(per_step.get(step, 0.0), dt)
+                if per_step:
+                    entry["p50_ms"][op] = round(_pct(list(per_step.values()), 50) * 1e3, 2)
+            quarters.append(entry)
+        lines.append("  trend by quarter of the run: p50 ms per op (max over ranks) | largest RSS so far (MiB)")
+        for qd in quarters:
+            lines.append(f"    {_fmt_time(qd['from_s'])}-{_fmt_time(qd['to_s'])}: "
+                         + "  ".join(f"{op} {v:.1f}" for op, v in qd["p50_ms"].items())
+                         + f" | {qd['rss_max_mib']:.0f}")
     lines.append("  RESULT: " + ("PASS (0 wrong bytes)" if not wrong else f"FAIL ({wrong} wrong bytes)"))
     return {"text": "\n".join(lines), "ranks": P, "nodes": topo.num_nodes, "transport": g.transport.name,
             "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "seed": args.seed, "ops": ops,
             "bytes_verified": verified, "wrong_bytes": wrong, "rss": rss, "max_rss_growth_mib": growth,
+            "trend": quarters, "rss_timeline": {r: e["timeline"] for r, e in enumerate(everyone)},
             "args": {k: v for k, v in vars(args).items()}}
 
 
