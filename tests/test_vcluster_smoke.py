@@ -28,7 +28,7 @@ pytestmark = [
 BENCH = ["all", "-b", "4K", "-e", "16K", "-f", "4", "-E", "8", "-k", "2", "-H", "128", "-T", "16",
          "-n", "3", "-w", "1", "-q"]
 MPI_ARGS = ["--bind-to", "none", "--mca", "mpi_yield_when_idle", "1", "--mca", "threads_pthreads_yield_strategy",
-            "nanosleep", "-x", "OMP_NUM_THREADS", "-x", "MULTIWRITE_TIMEOUT"]
+            "nanosleep", "-x", "OMP_NUM_THREADS", "-x", "MULTIWRITE_TIMEOUT", "-x", "PYTHONPATH"]
 
 
 def _netns():
