@@ -100,15 +100,24 @@ def build_parser():
     return p
 
 
-def rss_mib():
+def rss_detail():
+    """Resident memory of this process in MiB: total (VmRSS) and its parts RssAnon (heap, private
+    buffers), RssFile (mapped libraries) and RssShmem (node-shared segments this rank has touched)."""
+    out = {"rss": float("nan"), "anon": float("nan"), "file": float("nan"), "shmem": float("nan")}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+                k = keys.get(line.split(":", 1)[0] + ":")
+                if k:
+                    out[k] = int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return float("nan")
+    return out
+
+
+def rss_mib():
+    return rss_detail()["rss"]
 
 
 def _fmt_bytes(n):
@@ -452,7 +461,7 @@ def run(args):
     if (args.kill_rank is not None or args.hang_rank is not None) and args.at is None:
         raise ValueError("--kill-rank / --hang-rank need --at (seconds after the start)")
     stress = Stress(args, mw, state)
-    rss = {"start": rss_mib()}
+    rss = {"start": rss_detail()}
     bar = Bar(me == 0 and not args.quiet, args.duration, args.progress_interval)
     if me == 0:
         print(f"stress: {P} ranks on {topo.num_nodes} nodes ({'+'.join(str(len(r)) for r in topo.node_ranks)}), "
@@ -495,13 +504,15 @@ def run(args):
             if i >= args.warmup:
                 lat[op].append((i, dt))
             if i + 1 == args.warmup:
-                rss["warm"] = rss_mib()
+                rss["warm"] = rss_detail()
             i += 1
             if i % args.sync_every == 0:
                 state["op"] = "agreement on stopping"
                 elapsed = time.monotonic() - t0
                 if elapsed >= next_sample:       # RSS over time: a leak grows, buffers plateau
-                    timeline.append((i, round(elapsed, 1), round(rss_mib(), 1)))
+                    m = rss_detail()
+                    timeline.append((i, round(elapsed, 1), round(m["rss"], 1), round(m["anon"], 1),
+                                     round(m["shmem"], 1)))
                     next_sample = elapsed + sample_every
                 flags = g.allgather_obj((elapsed >= args.duration, wrong))
                 stop = flags[0][0]
@@ -517,6 +528,7 @@ def run(args):
         elapsed = time.monotonic() - t_start
         print(f"stress: rank {me}: FAILED in step #{state['step']} ({state['op']}) after {elapsed:.1f}s: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        _survivors_agree(g, g.timeout_s + 5.0)
         os._exit(3)     # skip finalize: peers may be gone and requests pending
     elapsed = time.monotonic() - t0
     rss.setdefault("warm", rss["start"])
@@ -524,9 +536,10 @@ def run(args):
         win.free()
     stress.windows.clear()
     stress.moe = None
-    rss["end"] = rss_mib()
+    rss["end"] = rss_detail()
     mine = {"count": count, "lat": {op: lat[op] for op in OPS}, "verified": verified, "wrong": wrong,
-            "rss": rss, "first_wrong": first_wrong, "steps": i, "timeline": timeline + [(i, round(elapsed, 1), rss["end"])]}
+            "rss": rss, "first_wrong": first_wrong, "steps": i, "timeline": timeline + [(i, round(elapsed, 1), round(rss["end"]["rss"], 1), round(rss["end"]["anon"], 1),
+                                   round(rss["end"]["shmem"], 1))]}
     everyone = g.allgather_obj(mine)
     code = 0
     if me == 0:
@@ -540,6 +553,31 @@ def run(args):
         code = 1 if summary["wrong_bytes"] else 0
     code = g.allgather_obj(code)[0]
     return code
+
+
+def _survivors_agree(g, limit_s):
+    """After a failure under MPI with ULFM (``mpirun --with-ft ulfm``): revoke our communicator, so
+    that survivors waiting on live peers fail at once instead of after the timeout, then wait (at
+    most ``limit_s``) until every survivor has reported its own error (MPI_Comm_agree completes once
+    all living ranks have joined): otherwise the first survivor's exit status makes the launcher
+    kill the others before they can say what they saw. Nothing to do without ULFM or under Gloo."""
+    t = g.transport
+    if getattr(t, "name", "") != "mpi" or not hasattr(t, "revoke"):
+        return
+    try:
+        t.revoke()
+        flag = np.ones(1, dtype=np.int32)
+        req = t.comm.Iagree(flag)
+    except Exception:
+        return
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if req.Test():
+                return
+        except Exception:      # MPI_ERR_PROC_FAILED: the agreement is done, with failed ranks
+            return
+        time.sleep(0.01)
 
 
 def _summary(args, topo, g, everyone, elapsed):
@@ -569,26 +607,33 @@ def _summary(args, topo, g, everyone, elapsed):
     lines.append(f"  wrong bytes: {wrong}" + ("" if not wrong else "  <-- FAILED: " + "; ".join(
         f"rank {r}: first at step #{e['first_wrong'][0]} ({e['first_wrong'][1]})"
         for r, e in enumerate(everyone) if e["first_wrong"])))
-    lines.append("  RSS per rank (MiB): start / after warm-up / end (growth after warm-up)")
+    lines.append("  RSS per rank (MiB): start / after warm-up / end (growth after warm-up)"
+                 "   [anon + shmem at warm-up -> end]")
     rss = []
     for r, e in enumerate(everyone):
         s, w, en = e["rss"]["start"], e["rss"]["warm"], e["rss"]["end"]
-        rss.append({"rank": r, "start_mib": round(s, 1), "warm_mib": round(w, 1), "end_mib": round(en, 1),
-                    "growth_mib": round(en - w, 1)})
-        lines.append(f"    rank {r}: {s:8.1f} / {w:8.1f} / {en:8.1f}  ({en - w:+.1f})")
-    growth = max(x["growth_mib"] for x in rss)
-    lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB")
+        gr = en["rss"] - w["rss"]
+        pct = 100.0 * gr / w["rss"] if w["rss"] > 0 else float("nan")
+        rss.append({"rank": r, "start_mib": round(s["rss"], 1), "warm_mib": round(w["rss"], 1),
+                    "end_mib": round(en["rss"], 1), "growth_mib": round(gr, 1), "growth_pct": round(pct, 2),
+                    "anon_mib": {k: round(v["anon"], 1) for k, v in (("start", s), ("warm", w), ("end", en))},
+                    "shmem_mib": {k: round(v["shmem"], 1) for k, v in (("start", s), ("warm", w), ("end", en))}})
+        lines.append(f"    rank {r}: {s['rss']:8.1f} / {w['rss']:8.1f} / {en['rss']:8.1f}  ({gr:+.1f}, {pct:+.1f}%)"
+                     f"   [anon {w['anon']:.0f} -> {en['anon']:.0f}, shmem {w['shmem']:.0f} -> {en['shmem']:.0f}]")
+    worst = max(rss, key=lambda x: x["growth_mib"])
+    growth, growth_pct = worst["growth_mib"], max(x["growth_pct"] for x in rss)
+    lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB ({growth_pct:+.1f}%)")
     # trends over the run, by quarter (steps split by rank 0's clock): latency and memory
     tl = everyone[0]["timeline"]
     quarters = []
     if len(tl) >= 2 and elapsed > 0:
         for q in range(4):
             t_lo, t_hi = elapsed * q / 4, elapsed * (q + 1) / 4
-            steps = [st for st, t, _ in tl if t_lo <= t <= t_hi] or [0]
-            s_lo = max([st for st, t, _ in tl if t <= t_lo] or [0])
-            s_hi = min([st for st, t, _ in tl if t >= t_hi] or [steps[-1]])
+            qsteps = [m[0] for m in tl if t_lo <= m[1] <= t_hi] or [0]
+            s_lo = max([m[0] for m in tl if m[1] <= t_lo] or [0])
+            s_hi = min([m[0] for m in tl if m[1] >= t_hi] or [qsteps[-1]])
             entry = {"from_s": round(t_lo), "to_s": round(t_hi), "steps": [s_lo, s_hi], "p50_ms": {},
-                     "rss_max_mib": max(max((m for st, t, m in e["timeline"] if t <= t_hi), default=0)
+                     "rss_max_mib": max(max((m[2] for m in e["timeline"] if m[1] <= t_hi), default=0)
                                         for e in everyone)}
             for op in OPS:
                 per_step = {}
@@ -608,6 +653,8 @@ def _summary(args, topo, g, everyone, elapsed):
     return {"text": "\n".join(lines), "ranks": P, "nodes": topo.num_nodes, "transport": g.transport.name,
             "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "seed": args.seed, "ops": ops,
             "bytes_verified": verified, "wrong_bytes": wrong, "rss": rss, "max_rss_growth_mib": growth,
+            "max_rss_growth_pct": growth_pct,
+            "rss_timeline_columns": ["step", "seconds", "rss_mib", "anon_mib", "shmem_mib"],
             "trend": quarters, "rss_timeline": {r: e["timeline"] for r, e in enumerate(everyone)},
             "args": {k: v for k, v in vars(args).items()}}
 

