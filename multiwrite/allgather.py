@@ -9,10 +9,16 @@ Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per r
 straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 """
 
+import numpy as np
+
 from . import _dtypes, _packets, _tensors
-from .group import resolve, tag_for
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from .group import ROUND_STAGING_BYTES, resolve, tag_for
 
 OP = _packets.WIN_ALLGATHER
+#: Chunks up to this size (and P * c up to the round staging area) take the barrier-free path.
+SMALL_MAX_BYTES = 64 * 1024
+_SMALL, _LARGE = 1, 2       # path id in the node signature: ranks on different paths disagree
 
 
 def all_gather(out, x, *, group=None, mode=None):
@@ -53,8 +59,11 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     window_id = OP + 256 * _dtypes.code(dtype)       # the dtype travels in every header
     what = f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)"
     unicast = mode == "unicast"
+    if not unicast and 0 < c <= SMALL_MAX_BYTES and P * c <= ROUND_STAGING_BYTES:
+        return _all_gather_small(g, out, src, seq, tag, window_id, what)
     staging_bytes = (topo.local_size if unicast else P) * c
-    need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast)), need_bytes=staging_bytes)
+    need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), _LARGE), need_bytes=staging_bytes,
+                                  seq=seq)
     staging = g.node_buffer("allgather", need)
 
     remote = [s for s in range(P) if not topo.same_node(s)]
@@ -102,4 +111,86 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
             out[s * c:(s + 1) * c] = staging[lr * c:(lr + 1) * c]
     else:
         out[:] = staging[:P * c]
+    return out
+
+
+def _all_gather_small(g, out, src, seq, tag, window_id, what):
+    """MultiWrite AllGather without node barriers, for small chunks (latency-bound sizes).
+
+    Same data movement as the general path (one packet per remote node, to that node's relay for this
+    source), but every chunk landing in the node's round staging area bumps a counter that the local
+    ranks wait on (Group.round_*), instead of an entry barrier plus a node-wide sync. Where the
+    transport tolerates a longer message than posted (MPI), header and payload travel as ONE message
+    (a 64-byte header followed by the chunk), halving messages and polls; Gloo keeps the two-part packet
+    (it aborts on a receive of the wrong size, so the payload receive waits for the header).
+    """
+    topo = g.topo
+    P, c, r = g.size, src.nbytes, g.rank
+    H = _packets.HEADER
+    staging, rnd = g.round_begin(seq, (OP, seq, c, window_id, 0, _SMALL), arrivals=P)
+    fused = not g.transport.exact_size_recv
+    remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
+    senders = [s for s in range(P) if not topo.same_node(s) and topo.relay_for(s, topo.node) == r]
+
+    # Post the receives of the chunks I relay (before sending: my peers may be faster).
+    if fused:
+        inbox = g.private_buffer(f"allgather_small_in{rnd[0]}", len(senders) * (H + c)).reshape(-1, H + c) \
+            if senders else None
+        recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
+    else:
+        headers_in = _packets.header_buffers(g, "allgather_small_hin", len(senders))
+        recvs = [_packets.PacketRecv(g, headers_in[i], staging[s * c:(s + 1) * c], s, tag, what)
+                 for i, s in enumerate(senders)]
+
+    # My own chunk, for my node peers.
+    staging[r * c:(r + 1) * c] = src
+    g.round_arrived(rnd)
+    if topo.local_size > 1:
+        g.stats.add_intra(c)
+
+    # One packet per remote node, to the relay that fans my chunk out there.
+    sends = []
+    if fused and remote_nodes:
+        outbox = g.private_buffer(f"allgather_small_out{rnd[0]}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
+        for i, m in enumerate(remote_nodes):
+            d = topo.relay_for(r, m)
+            _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
+                           dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])), offset=r * c, payload_len=c)
+            outbox[i, H:] = src
+            g.stats.add_inter(H + c, m)
+            sends.append(g.transport.isend(outbox[i], d, tag))
+    elif remote_nodes:
+        headers_out = _packets.header_buffers(g, "allgather_small_hout", len(remote_nodes))
+        for i, m in enumerate(remote_nodes):
+            sends += _packets.send(g, headers_out[i], src, topo.relay_for(r, m), tag, window_id=window_id,
+                                   seq=seq, dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])),
+                                   offset=r * c)
+
+    # Land the chunks I relay (each one counts, failed or not, so no local peer waits for it).
+    error = None
+    for i, s in enumerate(senders):
+        try:
+            if fused:
+                _packets.wait_checked(g, [recvs[i]], what)
+                _packets.check(inbox[i, :H], what=what, window_id=window_id, seq=seq, src_rank=s,
+                               window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
+                staging[s * c:(s + 1) * c] = inbox[i, H:]
+            else:
+                recvs[i].wait(g.timeout_s, what)
+                _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
+                               window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
+        except MultiwriteTimeout:
+            raise
+        except Exception as exc:
+            error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
+            g.round_failed(rnd, error)
+        g.round_arrived(rnd)
+    try:
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = error or exc
+    g.round_wait(rnd, what, error)
+    out[:] = staging[:P * c]
     return out

@@ -5,6 +5,7 @@ the torch backend and ``split`` make others. All methods named ``collective`` mu
 rank of the group in the same order.
 """
 import atexit
+import time
 
 import numpy as np
 
@@ -21,7 +22,18 @@ _EPOCH_OFF = 256            # u32 per local rank: barriers it has entered (to na
 _SIG_OFF = 512              # two banks (by barrier parity) of one 64-byte signature slot per local rank
 _SIG_WORDS = 8
 _MAX_LOCAL = _core.MAX_LOCAL_RANKS
-_CTRL_BYTES = _SIG_OFF + 2 * 64 * _MAX_LOCAL
+# Barrier-free node rounds (see Group.round_begin), two banks by round parity:
+_ROUND_OFF = _SIG_OFF + 2 * 64 * _MAX_LOCAL
+_ROUND_COUNT = _ROUND_OFF            # u32 per parity (own cache line): chunks landed, monotonic
+_ROUND_ERR = _ROUND_OFF + 128        # u32 per parity: number of the round that failed
+_ROUND_MSG = _ROUND_OFF + 256        # 256 bytes per parity: what failed
+_ROUND_SIG = _ROUND_OFF + 1024       # two banks of one 64-byte signature slot per local rank
+_ANNOUNCE = _ROUND_SIG + 2 * 64 * _MAX_LOCAL   # 64 bytes per local rank: (seq, signature) it entered
+_CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
+
+#: Bytes of the node staging area per round parity (rounds are for small operations only).
+ROUND_STAGING_BYTES = 1 << 20
+_WAIT_SLICE_S = 0.02                 # how often a waiting rank checks its node peers' announcements
 
 _MIN_BUFFER = 1 << 20
 
@@ -42,7 +54,12 @@ class Group:
         self._buffers = {}          # name -> Segment (node-shared, grown on demand)
         self._private = {}          # name -> numpy buffer private to this rank
         self._closed = False
-        self._ctrl_seg = shm.create_node_segments(transport, self.topo, [_CTRL_BYTES])[0]
+        self._rounds = 0
+        self._round_target = [0, 0]
+        # Control words + the staging area of barrier-free rounds (2 parities; pages are only
+        # allocated by the kernel when touched).
+        self._ctrl_seg, self._round_seg = shm.create_node_segments(
+            transport, self.topo, [_CTRL_BYTES, 2 * ROUND_STAGING_BYTES])
         self.ctrl = self._ctrl_seg.array
         self.rank, self.size = self.topo.rank, self.topo.world_size
 
@@ -58,13 +75,15 @@ class Group:
             raise MultiwriteError("this multiwrite group has been destroyed")
 
     # -- node-local synchronisation ---------------------------------------------------------
-    def node_barrier(self, what="node barrier"):
-        """All ranks of this node arrive before any leaves (shared-memory futex, no network)."""
+    def node_barrier(self, what="node barrier", announced=None):
+        """All ranks of this node arrive before any leaves (shared-memory futex, no network).
+        ``announced``: (seq, signature) this rank published with ``announce``; while waiting, a node
+        peer that entered the same call with another signature raises MismatchError."""
         self._epoch += 1
         _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank, self._epoch & 0xFFFFFFFF)
         _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1)
         target = (self._epoch * self.topo.local_size) & 0xFFFFFFFF
-        if not _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, target, self.timeout_s):
+        if not self._wait_word(_BARRIER_OFF, target, what, announced):
             missing = [r for r in self.topo.local_ranks
                        if _core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank_of[r])
                        < (self._epoch & 0xFFFFFFFF)]
@@ -72,7 +91,41 @@ class Group:
                 f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did not "
                 f"arrive (died, hang, or called a different operation)")
 
-    def node_agree(self, what, signature, need_bytes=0):
+    def _wait_word(self, offset, target, what, announced):
+        """wait_u32_ge on a control word; with ``announced``, checks the peers' announcements between
+        short slices (a peer stuck in a different kind of wait would otherwise cost a full timeout)."""
+        if announced is None:
+            return _core.wait_u32_ge(self.ctrl, offset, target, self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if _core.wait_u32_ge(self.ctrl, offset, target, max(0.0, min(_WAIT_SLICE_S, left))):
+                return True
+            if left <= _WAIT_SLICE_S:
+                return False
+            self.check_announcements(what, *announced)
+
+    def announce(self, seq, signature):
+        """Publish (seq, signature) of the collective this rank is entering (no waiting)."""
+        row = np.zeros(_SIG_WORDS, dtype=np.int64)
+        row[0] = seq
+        row[1:1 + len(signature)] = signature
+        slot = _ANNOUNCE + 64 * self.topo.local_rank
+        self.ctrl[slot:slot + 64] = row.view(np.uint8)
+        return seq, tuple(int(v) for v in signature)
+
+    def check_announcements(self, what, seq, signature):
+        """MismatchError if a node peer entered call ``seq`` with a different signature."""
+        n = len(signature)
+        rows = self.ctrl[_ANNOUNCE:_ANNOUNCE + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)
+        for i in range(self.topo.local_size):
+            if rows[i, 0] == seq and tuple(int(v) for v in rows[i, 1:1 + n]) != signature:
+                raise MismatchError(
+                    f"{what}: rank {self.topo.local_ranks[i]} of this node called it with different arguments "
+                    f"{tuple(int(v) for v in rows[i, 1:1 + n])} vs {signature} on this rank; this group's node "
+                    f"state is no longer consistent, create a new group")
+
+    def node_agree(self, what, signature, need_bytes=0, seq=None):
         """Node barrier that also compares what every local rank called: ``signature`` is up to 7
         integers. Returns ``(largest need_bytes of the node, MismatchError or None)``.
 
@@ -87,7 +140,7 @@ class Group:
         bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
         slot = bank + 64 * self.topo.local_rank
         self.ctrl[slot:slot + 64] = sig.view(np.uint8)
-        self.node_barrier(what)
+        self.node_barrier(what, None if seq is None else self.announce(seq, signature))
         sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS).copy()
         n = len(signature)
         error = None
@@ -116,6 +169,63 @@ class Group:
             if int(other[:8].view(np.int64)[0]):
                 msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
                 raise MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+
+    # -- barrier-free node rounds ------------------------------------------------------------------
+    # A small collective needs no node barrier: every chunk that lands in the node's staging area
+    # (written by its owner, or by the relay that received it) bumps the round's counter, and each
+    # rank waits until the counter says all chunks are there. Rounds alternate between two staging
+    # banks: a rank can only start round n+2 after round n+1 completed on its node, which needed every
+    # local rank's own chunk of n+1, written after that rank had finished reading round n.
+    def round_begin(self, seq, signature, arrivals):
+        """Enter the next round. ``signature``: up to 7 ints all local ranks must agree on;
+        ``arrivals``: how many chunks land on this node in the round (the same on every local rank).
+        Returns (staging uint8 [ROUND_STAGING_BYTES], round handle)."""
+        self._rounds += 1
+        parity = self._rounds & 1
+        self._round_target[parity] += arrivals
+        announced = self.announce(seq, signature)
+        sig = np.zeros(_SIG_WORDS, dtype=np.int64)
+        sig[:len(signature)] = signature
+        slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
+        self.ctrl[slot:slot + 64] = sig.view(np.uint8)
+        staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
+        return staging, (parity, self._rounds, announced)
+
+    def round_arrived(self, handle, count=1):
+        """``count`` chunks are in the staging area (call after writing them)."""
+        _core.atomic_add_u32(self.ctrl, _ROUND_COUNT + 64 * handle[0], count)
+
+    def round_failed(self, handle, error):
+        """Record that this round failed on this node (call before round_arrived of the chunk)."""
+        parity, number, _ = handle
+        text = str(error).encode()[:255]
+        msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
+        msg[:] = 0
+        msg[:len(text)] = np.frombuffer(text, dtype=np.uint8)
+        _core.atomic_store_u32(self.ctrl, _ROUND_ERR + 64 * parity, number & 0xFFFFFFFF)
+
+    def round_wait(self, handle, what, error=None):
+        """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
+        local rank's signature differs or a relay on this node recorded a failure."""
+        parity, number, announced = handle
+        target = self._round_target[parity] & 0xFFFFFFFF
+        if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
+            raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
+                                    f"chunks (a peer died, hangs, or called a different operation)")
+        if error is not None:
+            raise error
+        if _core.atomic_load_u32(self.ctrl, _ROUND_ERR + 64 * parity) == number & 0xFFFFFFFF:
+            msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
+            raise MismatchError(f"{what}: a relay of this node failed: "
+                                f"{bytes(msg).rstrip(bytes(1)).decode(errors='replace')}")
+        n = len(announced[1])
+        bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
+        sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
+        if (sigs != sigs[0]).any():
+            rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i])}"
+                             for i in range(self.topo.local_size))
+            raise MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
+                                f"arguments ({rows})")
 
     # -- node-shared buffers ------------------------------------------------------------------
     def node_buffer(self, name, nbytes):
@@ -191,6 +301,7 @@ class Group:
         self._private.clear()
         self.ctrl = None
         self._ctrl_seg.close()
+        self._round_seg.close()
         self.transport.close()
 
 

@@ -7,7 +7,7 @@ dies only surfaces as an error when the MPI library and the launcher tolerate fa
 """
 import numpy as np
 
-from ..errors import MultiwriteError
+from ..errors import MismatchError, MultiwriteError
 from .base import CompletedRequest, Request, Transport, wait_polling
 
 
@@ -24,7 +24,15 @@ class _MPIRequest(Request):
             MPI = self.transport.MPI if self.transport is not None else None
             if MPI is None or not isinstance(exc, MPI.Exception):
                 raise
-            raise MultiwriteError(f"{self.description}: {self.transport.describe_error(exc)}") from exc
+            kind = MultiwriteError
+            try:
+                if exc.Get_error_class() == MPI.ERR_TRUNCATE:   # the peer sent more than we expect
+                    kind = MismatchError
+            except Exception:
+                pass
+            raise kind(f"{self.description}: {self.transport.describe_error(exc)} (sizes differ across "
+                       f"ranks?)" if kind is MismatchError else
+                       f"{self.description}: {self.transport.describe_error(exc)}") from exc
 
 
 class MPITransport(Transport):
@@ -40,6 +48,11 @@ class MPITransport(Transport):
         # Errors come back as exceptions (mpi4py: MPI.Exception), turned into MultiwriteError by
         # _MPIRequest.test, never an abort inside MPI (mpi4py sets this on COMM_WORLD already).
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        # Open MPI with ULFM on (mpirun --with-ft ulfm, or --mca mpi_ft_enable 1): a dead peer makes
+        # our calls fail (MPI_ERR_PROC_FAILED) instead of the launcher killing the job.
+        import os
+        self.fault_tolerant = os.environ.get("OMPI_MCA_mpi_ft_enable", "").strip().lower() in ("1", "true", "t",
+                                                                                             "yes", "y")
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.timeout_s = timeout_s
