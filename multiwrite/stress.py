@@ -44,6 +44,7 @@ AG_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, tor
              torch.float32, torch.float64)
 MOE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 POOL_PAD = 1 << 16
+MAX_WINDOWS = 4              # windows the multi_write mix keeps alive at most
 
 
 def parse_duration(text):
@@ -81,7 +82,8 @@ def build_parser():
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens per rank in dispatch (default 256)")
     p.add_argument("--max-hidden", type=int, default=2048, help="largest hidden size in dispatch (default 2048)")
     p.add_argument("--warmup", type=int, default=100,
-                   help="first steps not counted in the latency statistics nor in the RSS growth (still verified; default 100)")
+                   help="random steps after the maximum-size prologue that still count as warm-up: warm-up steps "
+                        "are verified but not counted in the latency statistics nor in the RSS growth (default 100)")
     p.add_argument("--sync-every", type=int, default=4,
                    help="steps between two agreements on stopping / progress updates (default 4)")
     p.add_argument("--timeout", type=float, default=None,
@@ -130,6 +132,19 @@ def _fmt_bytes(n):
 def _fmt_time(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def runtime_buffers_mib(g, stress=None):
+    """MiB held by the group's grow-only buffers (node-shared segments mapped by this rank, private
+    buffers) and by this driver's scratch buffers: what should stop growing after the warm-up."""
+    try:
+        shared = sum(seg.nbytes for seg in getattr(g, "_buffers", {}).values())
+        private = sum(b.nbytes for b in getattr(g, "_private", {}).values())
+    except Exception:
+        shared = private = float("nan")
+    scratch = sum(b.numel() for b in stress.scratch.values()) if stress is not None else 0
+    return {"node_shared": round(shared / 2**20, 2), "private": round(private / 2**20, 2),
+            "driver": round(scratch / 2**20, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,14 +234,66 @@ class Stress:
             raise ValueError(f"--ops: unknown {bad}; choose from {','.join(OPS)}")
         if "combine" in self.ops and "dispatch" not in self.ops:
             self.ops.append("dispatch")
+        self.scratch = {}
+        self.prologue = self._build_prologue()
+
+    # -- the warm-up prologue ------------------------------------------------------------------
+    def hidden_sizes(self):
+        return [h for h in (8, 64, 256, 1000, 1024, 2048, 4096) if h <= self.args.max_hidden] or [8]
+
+    def _build_prologue(self):
+        """The first steps of every run, before the random mix: each operation at every power-of-two
+        size up to its maximum (twice in a row: the runtime alternates some buffers between
+        consecutive calls) and at its worst-case routing, in both modes. Every buffer of the runtime
+        (node-shared and private, grown to the largest size seen and kept) and of this driver reaches
+        its final size here, so that RSS growth after the warm-up measures leaks, not first use."""
+        a, P = self.args, self.P
+        modes = ("multiwrite", "unicast")
+        pro = []
+
+        def ladder(top):
+            sizes, v = [], 1
+            while v < top:
+                sizes.append(v)
+                v *= 2
+            return sizes + [top]
+        if "allgather" in self.ops:
+            for nbytes in ladder(a.max_bytes):
+                for mode in modes:
+                    pro += [("allgather", (torch.uint8, nbytes, mode))] * 2
+            for mode in modes:
+                pro.append(("allgather", (torch.float64, a.max_bytes, mode)))
+        if "multiwrite" in self.ops:
+            for w in range(MAX_WINDOWS):     # as many windows as the mix ever keeps, all of the largest size
+                for j, mode in enumerate(modes):
+                    pro.append(("multiwrite", (a.max_bytes if j == 0 else None, w, mode, j == 1)))
+        if "dispatch" in self.ops:
+            H = max(self.hidden_sizes())
+            # k = 8 distinct experts per token spread over every rank (all of them when P <= 8): the most
+            # rows any rank, node or send buffer can get; float32 rows, the largest
+            m = next((m for m in (1, 2, 4, 8) if P * m >= 8), 8)
+            E = P * m
+            k = min(8, E)
+            for T in ladder(max(1, a.max_tokens)) if a.max_tokens > 0 else [0]:
+                for mode in modes:
+                    for _ in range(2):
+                        pro.append(("dispatch", dict(dtype=torch.float32, H=H, E=E, k=k, routing="all",
+                                                     Ts=[T] * P, mode=mode, cached=True)))
+                        if "combine" in self.ops:
+                            pro.append(("combine", None))
+        return pro
 
     # -- one step ---------------------------------------------------------------------------
     def step(self, i):
         rng = np.random.default_rng([self.args.seed, i, 1])
-        weights = {"allgather": 3, "multiwrite": 3, "dispatch": 2, "combine": 2}
-        names = list(self.ops)
-        p = np.array([weights[n] for n in names], dtype=float)
-        op = names[rng.choice(len(names), p=p / p.sum())]
+        spec = None
+        if i < len(self.prologue):
+            op, spec = self.prologue[i]
+        else:
+            weights = {"allgather": 3, "multiwrite": 3, "dispatch": 2, "combine": 2}
+            names = list(self.ops)
+            p = np.array([weights[n] for n in names], dtype=float)
+            op = names[rng.choice(len(names), p=p / p.sum())]
         if op == "combine" and self.moe is None:
             op = "dispatch"
         self.state["op"] = op
@@ -234,21 +301,33 @@ class Stress:
             time.sleep(self.args.delay_ms / 1e3)
         fn = {"allgather": self.allgather, "multiwrite": self.multiwrite, "dispatch": self.dispatch,
               "combine": self.combine}[op]
-        return (op,) + fn(i, rng)
+        return (op,) + fn(i, rng, spec)
 
-    def allgather(self, i, rng):
+    def _scratch(self, name, nbytes):
+        """A reusable uint8 tensor of this driver (grown to the largest size asked, kept): no large
+        temporaries per step, which would fragment the heap and blur the RSS figures."""
+        buf = self.scratch.get(name)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(max(nbytes, 4096), dtype=torch.uint8)
+            self.scratch[name] = buf
+        return buf[:nbytes]
+
+    def allgather(self, i, rng, spec=None):
         mw, P = self.mw, self.P
-        dtype = AG_DTYPES[rng.integers(len(AG_DTYPES))]
+        if spec is None:
+            dtype = AG_DTYPES[rng.integers(len(AG_DTYPES))]
+            nbytes = int(math.exp(rng.uniform(0, math.log(self.args.max_bytes))))
+            mode = ("multiwrite", "unicast")[rng.integers(2)]
+        else:
+            dtype, nbytes, mode = spec
         es = torch.empty(0, dtype=dtype).element_size()
-        nbytes = int(math.exp(rng.uniform(0, math.log(self.args.max_bytes))))
         count = max(0, nbytes // es)
-        mode = ("multiwrite", "unicast")[rng.integers(2)]
         c = count * es
-        x = torch.empty(count, dtype=dtype)
+        x = self._scratch("ag_in", c).view(dtype)
         self.pools.chunk(i, self.me, c, out=x.view(torch.uint8).numpy())
-        out = torch.empty(P * count, dtype=dtype)
+        out = self._scratch("ag_out", P * c).view(dtype)
         ob = out.view(torch.uint8).numpy()
-        expected = np.empty(P * c, dtype=np.uint8)
+        expected = self._scratch("ag_expected", P * c).numpy()
         for s in range(P):
             self.pools.chunk(i, s, c, out=expected[s * c:(s + 1) * c])
         np.bitwise_xor(expected, 0xFF, out=ob)           # poison: wrong everywhere until written
@@ -260,7 +339,7 @@ class Stress:
     def _window(self, i, rng):
         """Pick a window (sometimes create one, sometimes free one: collective, same choice everywhere)."""
         mw, P = self.mw, self.P
-        if not self.windows or (len(self.windows) < 4 and rng.random() < 0.05):
+        if not self.windows or (len(self.windows) < MAX_WINDOWS and rng.random() < 0.05):
             slot = int(rng.choice([64, 1000, 4096, 65536, max(64, self.args.max_bytes // 4), self.args.max_bytes]))
             self.windows.append((mw.Window(P * slot), slot, i))
         elif len(self.windows) > 1 and rng.random() < 0.03:
@@ -268,31 +347,40 @@ class Stress:
             win.free()
         return self.windows[int(rng.integers(len(self.windows)))]
 
-    def multiwrite(self, i, rng):
+    def multiwrite(self, i, rng, spec=None):
         P, me = self.P, self.me
-        win, slot, _ = self._window(i, rng)
-        plan = []
-        for s in range(P):
-            n = int(rng.integers(0, slot + 1)) if rng.random() < 0.9 else int(rng.integers(0, 2))
-            dests = [int(d) for d in np.flatnonzero(rng.random(P) < rng.uniform(0, 1))]
-            rng.shuffle(dests)
-            per_dest = rng.random() < 0.5
-            offs = [s * slot + int(rng.integers(0, slot - n + 1)) for _ in dests] if per_dest else \
-                [s * slot + int(rng.integers(0, slot - n + 1))] * len(dests)
-            plan.append((n, dests, offs, per_dest))
-        mode = ("multiwrite", "unicast")[rng.integers(2)]
+        if spec is None:
+            win, slot, _ = self._window(i, rng)
+            plan = []
+            for s in range(P):
+                n = int(rng.integers(0, slot + 1)) if rng.random() < 0.9 else int(rng.integers(0, 2))
+                dests = [int(d) for d in np.flatnonzero(rng.random(P) < rng.uniform(0, 1))]
+                rng.shuffle(dests)
+                per_dest = rng.random() < 0.5
+                offs = [s * slot + int(rng.integers(0, slot - n + 1)) for _ in dests] if per_dest else \
+                    [s * slot + int(rng.integers(0, slot - n + 1))] * len(dests)
+                plan.append((n, dests, offs, per_dest))
+            mode = ("multiwrite", "unicast")[rng.integers(2)]
+        else:      # prologue: (new window's slot or None, window index, mode, per_dest): all write all, full slot
+            new_slot, w, mode, per_dest = spec
+            if new_slot is not None:
+                self.windows.append((self.mw.Window(P * new_slot), new_slot, i))
+            win, slot, _ = self.windows[w]
+            plan = [(slot, list(range(P)), [s * slot] * P, per_dest) for s in range(P)]
         poison = (0xA5 ^ (i & 0xFF)) & 0xFF
         win.buffer[:] = poison
         before = win.arrivals().copy()
         win.fence()                          # every window poisoned before anyone writes
         n, dests, offs, per_dest = plan[me]
-        data = self.pools.chunk(i, me, n, salt=1)
+        data = self._scratch("mw_data", n).numpy()
+        self.pools.chunk(i, me, n, salt=1, out=data)
         t0 = time.perf_counter()
         req = win.multi_write(data, dests, offs if per_dest else (offs[0] if offs else 0), mode=mode)
         req.wait()
         win.fence()
         dt = time.perf_counter() - t0
-        expected = np.full(win.nbytes, poison, dtype=np.uint8)
+        expected = self._scratch("mw_expected", win.nbytes).numpy()
+        expected.fill(poison)
         arrivals = np.zeros(P, dtype=np.int64)
         for s, (n_s, d_s, o_s, _) in enumerate(plan):
             if me in d_s:
@@ -304,17 +392,22 @@ class Stress:
         wrong += int(np.count_nonzero(got != arrivals)) * 4
         return verified + 4 * P, wrong, dt
 
-    def dispatch(self, i, rng):
+    def dispatch(self, i, rng, spec=None):
         mw, P, me = self.mw, self.P, self.me
         topo = self.topo
-        dtype = MOE_DTYPES[rng.integers(len(MOE_DTYPES))]
-        H = int(rng.choice([h for h in (8, 64, 256, 1000, 1024, 2048, 4096) if h <= self.args.max_hidden] or [8]))
-        E = P * int(rng.choice([1, 2, 4, 8]))
-        k = int(rng.integers(1, min(8, E) + 1))
-        routing = str(rng.choice(["uniform", "uniform_none", "skewed", "one_node", "none"], p=[.4, .2, .25, .1, .05]))
-        Ts = [int(rng.integers(0, self.args.max_tokens + 1)) if rng.random() < 0.95 else 0 for _ in range(P)]
-        mode = ("multiwrite", "unicast")[rng.integers(2)]
-        cached = rng.random() < 0.3
+        if spec is None:
+            dtype = MOE_DTYPES[rng.integers(len(MOE_DTYPES))]
+            H = int(rng.choice(self.hidden_sizes()))
+            E = P * int(rng.choice([1, 2, 4, 8]))
+            k = int(rng.integers(1, min(8, E) + 1))
+            routing = str(rng.choice(["uniform", "uniform_none", "skewed", "one_node", "none"],
+                                     p=[.4, .2, .25, .1, .05]))
+            Ts = [int(rng.integers(0, self.args.max_tokens + 1)) if rng.random() < 0.95 else 0 for _ in range(P)]
+            mode = ("multiwrite", "unicast")[rng.integers(2)]
+            cached = rng.random() < 0.3
+        else:
+            dtype, H, E, k, routing, Ts, mode, cached = (spec[n] for n in ("dtype", "H", "E", "k", "routing", "Ts",
+                                                                           "mode", "cached"))
         node_of = topo.node_of
         inputs = [moe_inputs(self.args.seed, i, s, Ts[s], H, E, k, dtype, routing, P, node_of) for s in range(P)]
         x, idx, w = inputs[me]
@@ -336,7 +429,7 @@ class Stress:
         self.moe = (buf, handle, inputs, E, P, H, dtype, i)
         return verified, wrong, dt
 
-    def combine(self, i, rng):
+    def combine(self, i, rng, spec=None):
         buf, handle, inputs, E, P, H, dtype, step = self.moe
         self.moe = None
         me = self.me
@@ -461,7 +554,10 @@ def run(args):
     if (args.kill_rank is not None or args.hang_rank is not None) and args.at is None:
         raise ValueError("--kill-rank / --hang-rank need --at (seconds after the start)")
     stress = Stress(args, mw, state)
+    warm_steps = len(stress.prologue) + args.warmup
     rss = {"start": rss_detail()}
+    bufs = {"start": runtime_buffers_mib(g, stress)}
+    peak = {"rss": float("nan")}
     bar = Bar(me == 0 and not args.quiet, args.duration, args.progress_interval)
     if me == 0:
         print(f"stress: {P} ranks on {topo.num_nodes} nodes ({'+'.join(str(len(r)) for r in topo.node_ranks)}), "
@@ -501,14 +597,20 @@ def run(args):
             if w and first_wrong is None:
                 first_wrong = (i, op, w)
                 print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
-            if i >= args.warmup:
+            if i >= warm_steps:
                 lat[op].append((i, dt))
-            if i + 1 == args.warmup:
+            if i + 1 == warm_steps:
                 rss["warm"] = rss_detail()
+                peak.update(warm=True, rss=rss["warm"]["rss"], step=i, seconds=round(time.monotonic() - t0, 1))
+                bufs["warm"] = runtime_buffers_mib(g, stress)
             i += 1
             if i % args.sync_every == 0:
                 state["op"] = "agreement on stopping"
                 elapsed = time.monotonic() - t0
+                if i > warm_steps:               # the highest RSS after the warm-up, not only the end
+                    m = rss_detail()["rss"]
+                    if m > peak["rss"]:
+                        peak.update(rss=m, step=i, seconds=round(elapsed, 1))
                 if elapsed >= next_sample:       # RSS over time: a leak grows, buffers plateau
                     m = rss_detail()
                     timeline.append((i, round(elapsed, 1), round(m["rss"], 1), round(m["anon"], 1),
@@ -528,17 +630,22 @@ def run(args):
         elapsed = time.monotonic() - t_start
         print(f"stress: rank {me}: FAILED in step #{state['step']} ({state['op']}) after {elapsed:.1f}s: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        _survivors_agree(g, g.timeout_s + 5.0)
+        _survivors_agree(g, g.timeout_s + 2.0)
         os._exit(3)     # skip finalize: peers may be gone and requests pending
     elapsed = time.monotonic() - t0
     rss.setdefault("warm", rss["start"])
+    # the end is measured in the same state as the warm-up point: windows still alive (at most
+    # MAX_WINDOWS, all of the largest size in the warm-up), last dispatch handle still held
+    bufs.setdefault("warm", bufs["start"])
+    bufs["end"] = runtime_buffers_mib(g, stress)
+    rss["end"] = rss_detail()
+    peak["rss"] = max(peak["rss"], rss["end"]["rss"]) if "warm" in peak else float("nan")
     for win, _, _ in stress.windows:
         win.free()
     stress.windows.clear()
     stress.moe = None
-    rss["end"] = rss_detail()
     mine = {"count": count, "lat": {op: lat[op] for op in OPS}, "verified": verified, "wrong": wrong,
-            "rss": rss, "first_wrong": first_wrong, "steps": i, "timeline": timeline + [(i, round(elapsed, 1), round(rss["end"]["rss"], 1), round(rss["end"]["anon"], 1),
+            "rss": rss, "rss_peak": peak, "buffers": bufs, "first_wrong": first_wrong, "steps": i, "warm_steps": warm_steps, "timeline": timeline + [(i, round(elapsed, 1), round(rss["end"]["rss"], 1), round(rss["end"]["anon"], 1),
                                    round(rss["end"]["shmem"], 1))]}
     everyone = g.allgather_obj(mine)
     code = 0
@@ -562,7 +669,7 @@ def _survivors_agree(g, limit_s):
     all living ranks have joined): otherwise the first survivor's exit status makes the launcher
     kill the others before they can say what they saw. Nothing to do without ULFM or under Gloo."""
     t = g.transport
-    if getattr(t, "name", "") != "mpi" or not hasattr(t, "revoke"):
+    if getattr(t, "name", "") != "mpi" or not getattr(t, "fault_tolerant", False):
         return
     try:
         t.revoke()
@@ -585,7 +692,8 @@ def _summary(args, topo, g, everyone, elapsed):
     steps = everyone[0]["steps"]
     ops = {}
     lines = [f"stress summary: {P} ranks on {topo.num_nodes} nodes, transport {g.transport.name}, "
-             f"{_fmt_time(elapsed)} ({elapsed:.0f}s), {steps} steps (first {args.warmup} = warm-up), seed {args.seed}"]
+             f"{_fmt_time(elapsed)} ({elapsed:.0f}s), {steps} steps (first {everyone[0]['warm_steps']} = warm-up: "
+             f"{everyone[0]['warm_steps'] - args.warmup} at maximum sizes, then {args.warmup} random), seed {args.seed}"]
     lines.append(f"  {'op':<11}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}   (time of a call = max over ranks)")
     for op in OPS:
         per_step = {}
@@ -618,11 +726,31 @@ def _summary(args, topo, g, everyone, elapsed):
                     "end_mib": round(en["rss"], 1), "growth_mib": round(gr, 1), "growth_pct": round(pct, 2),
                     "anon_mib": {k: round(v["anon"], 1) for k, v in (("start", s), ("warm", w), ("end", en))},
                     "shmem_mib": {k: round(v["shmem"], 1) for k, v in (("start", s), ("warm", w), ("end", en))}})
+        pk = e.get("rss_peak", {})
+        pk_gr = pk.get("rss", float("nan")) - w["rss"]
+        rss[-1].update(peak_mib=round(pk.get("rss", float("nan")), 1), peak_growth_mib=round(pk_gr, 1),
+                       peak_growth_pct=round(100.0 * pk_gr / w["rss"], 2) if w["rss"] > 0 else None,
+                       peak_at_s=pk.get("seconds"))
         lines.append(f"    rank {r}: {s['rss']:8.1f} / {w['rss']:8.1f} / {en['rss']:8.1f}  ({gr:+.1f}, {pct:+.1f}%)"
-                     f"   [anon {w['anon']:.0f} -> {en['anon']:.0f}, shmem {w['shmem']:.0f} -> {en['shmem']:.0f}]")
+                     f"   [anon {w['anon']:.0f} -> {en['anon']:.0f}, shmem {w['shmem']:.0f} -> {en['shmem']:.0f};"
+                     f" highest after warm-up {pk.get('rss', float('nan')):.1f} ({pk_gr:+.1f}) at {pk.get('seconds', '?')}s]")
+    for r, e in enumerate(everyone):
+        rss[r]["buffers_mib"] = e.get("buffers")
+    grown = [(r, e["buffers"]["warm"], e["buffers"]["end"]) for r, e in enumerate(everyone)
+             if e.get("buffers") and e["buffers"]["end"] != e["buffers"]["warm"]]
+    b0 = everyone[0].get("buffers", {}).get("end", {})
+    lines.append(f"  grow-only buffers (rank 0 at the end, MiB): node-shared {b0.get('node_shared')}, private "
+                 f"{b0.get('private')}, driver {b0.get('driver')}; "
+                 + ("unchanged after warm-up on every rank" if not grown else
+                    "GREW after warm-up on rank(s) " + ", ".join(f"{r} ({w} -> {en})" for r, w, en in grown)))
     worst = max(rss, key=lambda x: x["growth_mib"])
     growth, growth_pct = worst["growth_mib"], max(x["growth_pct"] for x in rss)
-    lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB ({growth_pct:+.1f}%)")
+    peak_gr = max((x["peak_growth_mib"] for x in rss if x["peak_growth_mib"] == x["peak_growth_mib"]), default=None)
+    peak_pct = max((x["peak_growth_pct"] for x in rss if x["peak_growth_pct"] is not None
+                    and x["peak_growth_pct"] == x["peak_growth_pct"]), default=None)
+    lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB ({growth_pct:+.1f}%) at the end"
+                 + (f"; highest RSS after warm-up: {peak_gr:+.1f} MiB ({peak_pct:+.1f}%) above the warm-up point"
+                    if peak_gr is not None else ""))
     # trends over the run, by quarter (steps split by rank 0's clock): latency and memory
     tl = everyone[0]["timeline"]
     quarters = []
@@ -651,9 +779,9 @@ def _summary(args, topo, g, everyone, elapsed):
                          + f" | {qd['rss_max_mib']:.0f}")
     lines.append("  RESULT: " + ("PASS (0 wrong bytes)" if not wrong else f"FAIL ({wrong} wrong bytes)"))
     return {"text": "\n".join(lines), "ranks": P, "nodes": topo.num_nodes, "transport": g.transport.name,
-            "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "seed": args.seed, "ops": ops,
+            "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "warmup_steps": everyone[0]["warm_steps"], "seed": args.seed, "ops": ops,
             "bytes_verified": verified, "wrong_bytes": wrong, "rss": rss, "max_rss_growth_mib": growth,
-            "max_rss_growth_pct": growth_pct,
+            "max_rss_growth_pct": growth_pct, "max_rss_peak_growth_mib": peak_gr, "max_rss_peak_growth_pct": peak_pct,
             "rss_timeline_columns": ["step", "seconds", "rss_mib", "anon_mib", "shmem_mib"],
             "trend": quarters, "rss_timeline": {r: e["timeline"] for r, e in enumerate(everyone)},
             "args": {k: v for k, v in vars(args).items()}}

@@ -3,14 +3,44 @@ bytes, summary with latencies and RSS), and the fault options: a killed rank and
 the survivors exit with a clear error within the timeout, never hang. Each launch has a hard timeout."""
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_bench_mp import run_module, skip_missing  # noqa: E402
+import _launch  # noqa: E402
+from test_bench_mp import module_command, run_module, skip_missing  # noqa: E402
 
 EMULATED = {"MULTIWRITE_RANKS_PER_NODE": 2}
+# Open MPI 5 (PRRTE) aborts the whole job when a process dies, unless fault tolerance (ULFM) is on:
+# then the survivors' MPI calls fail with MPI_ERR_PROC_FAILED and each reports it.
+MPIRUN_FT = ["--with-ft", "ulfm"]
+
+
+def run_module_with(launcher, nprocs, module, args, launcher_args=(), env=None, timeout=120):
+    """test_bench_mp.run_module with extra launcher options (placed right after the launcher)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
+    full_env["PYTHONPATH"] = _launch.ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["OMP_NUM_THREADS"] = "1"
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+        full_env.pop(k, None)
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    cmd = module_command(launcher, nprocs, module, args)
+    cmd = cmd[:1] + list(launcher_args) + cmd[1:]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                            cwd=_launch.ROOT, start_new_session=True, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -999, f"TIMEOUT after {timeout}s\n{out}", time.monotonic() - t0
+    return proc.returncode, out, time.monotonic() - t0
 
 
 def test_stress_20s_no_wrong_bytes(tmp_path):
@@ -41,24 +71,35 @@ def test_stress_delayed_rank_stays_correct():
 
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
 def test_stress_killed_rank_survivors_fail_clearly(launcher):
-    """Rank 3 SIGKILLs itself after 4 s. torchrun (Gloo): every survivor reports the failure itself
-    (exit 3, 'FAILED in step #...'). mpirun: Open MPI aborts the job as soon as the peer's socket
-    closes and prterun names the dead rank. Either way: non-zero exit, well within the timeout."""
+    """Rank 3 SIGKILLs itself after 4 s: every survivor (ranks 0, 1, 2) reports the failure, and the
+    job exits non-zero well within the timeout. torchrun: its agent SIGTERMs the survivors at once
+    (each says so, or reports its own Gloo error if faster). mpirun: each survivor's own error
+    ('FAILED in step #...', exit 3), launched with --with-ft ulfm (otherwise prterun aborts the job at once); the survivors'
+    MPI calls fail with MPI_ERR_PROC_FAILED naming the dead rank, or MPI_ERR_REVOKED when another
+    survivor revoked the communicator, or a node wait times out."""
     skip_missing(launcher)
     timeout_s = 10
-    code, out, took = run_module(launcher, 4, "multiwrite.stress",
-                                 ["--duration", "60s", "--max-bytes", "64K", "--max-tokens", "32", "--max-hidden", "256",
-                                  "--kill-rank", "3", "--at", "4s", "--timeout", str(timeout_s)],
-                                 env=EMULATED, timeout=90)
+    code, out, took = run_module_with(launcher, 4, "multiwrite.stress",
+                                      ["--duration", "60s", "--max-bytes", "64K", "--max-tokens", "32",
+                                       "--max-hidden", "256", "--kill-rank", "3", "--at", "4s",
+                                       "--timeout", str(timeout_s)],
+                                      launcher_args=MPIRUN_FT if launcher == "mpirun" else (),
+                                      env=EMULATED, timeout=90)
     assert code not in (0, -999), out[-6000:]
     assert "rank 3: sending myself SIGKILL" in out, out[-6000:]
     assert took < 4 + 2 * timeout_s + 20, f"survivors took {took:.0f}s to exit"
     if launcher == "torchrun":
-        survivors = {r for r in (0, 1, 2) if f"stress: rank {r}: FAILED in step #" in out}
-        assert survivors, out[-6000:]         # the survivors' own clear error (Gloo: connection closed)
+        # torchrun's agent SIGTERMs the other workers as soon as one dies (monitor interval 0.2 s): a
+        # survivor reports either its own error (Gloo: connection closed) or that SIGTERM.
+        failed = [line for line in out.splitlines() if "FAILED" in line and "stress: rank " in line]
+        assert {line.split("stress: rank ")[1].split(":")[0] for line in failed} >= {"0", "1", "2"}, out[-6000:]
     else:
-        clear = ("exited on signal 9", "peer process has unexpectedly disconnected", "FAILED in step #")
-        assert any(c in out for c in clear), out[-6000:]
+        failed = [line for line in out.splitlines() if "FAILED in step #" in line]
+        survivors = {line.split("stress: rank ")[1].split(":")[0] for line in failed if "stress: rank " in line}
+        assert survivors >= {"0", "1", "2"}, out[-6000:]       # each survivor's own clear error
+        assert any("dead peer: rank 3" in line or "rank(s) [3]" in line for line in failed), failed
+        assert all(("MPI_ERR_PROC_FAILED" in line or "MPI_ERR_REVOKED" in line or "timed out after" in line)
+                   for line in failed), failed
 
 
 def test_stress_hung_rank_times_out():
