@@ -1,5 +1,13 @@
 """Long randomized stress test: ``python -m multiwrite.stress --duration 30m`` under mpirun or torchrun.
 
+    mpirun --with-ft ulfm -n 8 python -m multiwrite.stress --duration 30m --json stress.json
+    torchrun --nproc-per-node 8 -m multiwrite.stress --duration 30m
+
+(``--with-ft ulfm``: Open MPI 5's fault tolerance (ULFM), so that a dead rank makes the survivors' MPI
+calls fail and each survivor report it, instead of prterun killing the whole job; only --kill-rank
+needs it. It cannot be set through the environment: OMPI_MCA_mpi_ft_enable=1 alone leaves prterun
+killing the job.)
+
 Every rank runs the same randomized sequence of operations (a shared generator seeded by --seed and
 the step number decides the operation and its parameters; each rank's data comes from the seed, the
 step and the rank):
@@ -18,15 +26,33 @@ Every result is compared byte for byte with a reference each rank computes local
 (never from what the network delivered). Rank 0 shows a progress bar on stderr (ops, bytes verified,
 wrong bytes, running p50/p99 per operation of its own calls). The final summary gives, per operation,
 the count and p50/p99/max latency (each call's time = max over ranks), the bytes verified, the wrong
-bytes (the exit status is 1 if any), and every rank's RSS at start, after warm-up and at the end.
+bytes (the exit status is 1 if any), and every rank's RSS at start, after warm-up and at the end
+(growth after warm-up in MiB and %, split into anonymous and shared-memory pages, and the highest RSS
+seen after warm-up).
+
+Warm-up: the run starts with a prologue that runs every operation at every power-of-two size up to
+its maximum and at its worst-case routing (every token to k = 8 experts spread over all ranks, float32,
+largest hidden size and token count; MAX_WINDOWS windows of the largest size), in both modes, then
+--warmup random steps. The runtime keeps its node-shared and private buffers at the largest size
+seen, and the driver reuses its own buffers: after the warm-up they have their final sizes (the
+summary checks it: "grow-only buffers ... unchanged after warm-up"), so RSS growth after the
+warm-up would be a leak.
 
 Faults: ``--delay-rank R --delay-ms X`` makes rank R sleep X ms before every operation (results must
 stay right); ``--kill-rank R --at S`` SIGKILLs rank R S seconds after the start: the survivors must
-fail with a clear error within the timeout (MULTIWRITE_TIMEOUT, or --timeout), never hang; exit 3
-(under mpirun, Open MPI itself aborts the job as soon as a peer's socket closes). ``--hang-rank R --at S``
-SIGSTOPs rank R instead (alive, silent): the survivors must time out after MULTIWRITE_TIMEOUT.
+fail with a clear error within the timeout (MULTIWRITE_TIMEOUT, or --timeout), never hang; exit 3.
+Under mpirun this needs ``mpirun --with-ft ulfm`` (without it prterun kills the whole job as soon as
+a rank dies, before the survivors can say anything): each survivor prints "stress: rank R: FAILED in
+step #N (op) ...: MultiwriteError: ...: MPI error: MPI_ERR_PROC_FAILED ... (dead peer: rank R')"
+(or MPI_ERR_REVOKED: the first survivor to see the failure revokes the communicator so that no one
+waits for the timeout; or a node-local wait's timeout), and waits until every survivor has reported
+(MPI_Comm_agree, at most the timeout) before exiting. Under torchrun the agent SIGTERMs the
+survivors as soon as a worker dies (each says so). ``--hang-rank R --at S`` SIGSTOPs rank R instead
+(alive, silent): the survivors must time out after MULTIWRITE_TIMEOUT.
 """
 import argparse
+import array
+import ctypes
 import json
 import math
 import os
@@ -116,6 +142,16 @@ def rss_detail():
     except OSError:
         pass
     return out
+
+
+def malloc_trim():
+    """glibc's malloc_trim(0): give the free pages of the heap back to the kernel. Used only right
+    after the warm-up and end RSS readings, to tell memory still in use (a leak) from free memory the
+    allocator keeps (fragmentation). False where unavailable."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0)) or True
+    except (OSError, AttributeError):
+        return False
 
 
 def rss_mib():
@@ -577,7 +613,9 @@ def run(args):
         killer.daemon = True
         killer.start()
 
-    lat = {op: [] for op in OPS}          # (step, seconds) of this rank, after warm-up
+    # (steps, seconds) of this rank's calls after warm-up, as compact arrays (12 bytes a call, not a
+    # tuple of ~100): the statistics of a 30-minute run must not show up as memory growth
+    lat = {op: (array.array("q"), array.array("d")) for op in OPS}
     count = {op: 0 for op in OPS}
     verified = wrong = 0
     first_wrong = None
@@ -598,9 +636,12 @@ def run(args):
                 first_wrong = (i, op, w)
                 print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
             if i >= warm_steps:
-                lat[op].append((i, dt))
+                lat[op][0].append(i)
+                lat[op][1].append(dt)
             if i + 1 == warm_steps:
                 rss["warm"] = rss_detail()
+                if malloc_trim():
+                    rss["warm_trimmed"] = rss_detail()
                 peak.update(warm=True, rss=rss["warm"]["rss"], step=i, seconds=round(time.monotonic() - t0, 1))
                 bufs["warm"] = runtime_buffers_mib(g, stress)
             i += 1
@@ -619,9 +660,9 @@ def run(args):
                 flags = g.allgather_obj((elapsed >= args.duration, wrong))
                 stop = flags[0][0]
                 total_wrong = sum(f[1] for f in flags)
-                pct = "  ".join(f"{op[:4]} {_pct([d for _, d in lat[op][-2000:]], 50) * 1e3:.1f}/"
-                                f"{_pct([d for _, d in lat[op][-2000:]], 99) * 1e3:.1f}"
-                                for op in OPS if lat[op])
+                pct = "  ".join(f"{op[:4]} {_pct(lat[op][1][-2000:], 50) * 1e3:.1f}/"
+                                f"{_pct(lat[op][1][-2000:], 99) * 1e3:.1f}"
+                                for op in OPS if lat[op][1])
                 bar.show(elapsed, f"ops {i}  verified {_fmt_bytes(verified)} (rank 0)  wrong {total_wrong} B"
                          + (f"  p50/p99 ms: {pct}" if pct else ""))
                 if stop:
@@ -639,12 +680,14 @@ def run(args):
     bufs.setdefault("warm", bufs["start"])
     bufs["end"] = runtime_buffers_mib(g, stress)
     rss["end"] = rss_detail()
+    if "warm_trimmed" in rss and malloc_trim():
+        rss["end_trimmed"] = rss_detail()
     peak["rss"] = max(peak["rss"], rss["end"]["rss"]) if "warm" in peak else float("nan")
     for win, _, _ in stress.windows:
         win.free()
     stress.windows.clear()
     stress.moe = None
-    mine = {"count": count, "lat": {op: lat[op] for op in OPS}, "verified": verified, "wrong": wrong,
+    mine = {"count": count, "lat": {op: list(zip(*lat[op])) for op in OPS}, "verified": verified, "wrong": wrong,
             "rss": rss, "rss_peak": peak, "buffers": bufs, "first_wrong": first_wrong, "steps": i, "warm_steps": warm_steps, "timeline": timeline + [(i, round(elapsed, 1), round(rss["end"]["rss"], 1), round(rss["end"]["anon"], 1),
                                    round(rss["end"]["shmem"], 1))]}
     everyone = g.allgather_obj(mine)
@@ -743,6 +786,14 @@ def _summary(args, topo, g, everyone, elapsed):
                  f"{b0.get('private')}, driver {b0.get('driver')}; "
                  + ("unchanged after warm-up on every rank" if not grown else
                     "GREW after warm-up on rank(s) " + ", ".join(f"{r} ({w} -> {en})" for r, w, en in grown)))
+    trimmed = [(r, e["rss"]["warm_trimmed"]["rss"], e["rss"]["end_trimmed"]["rss"]) for r, e in enumerate(everyone)
+               if "end_trimmed" in e["rss"]]
+    if trimmed:
+        for r, w, en in trimmed:
+            rss[r].update(warm_trimmed_mib=round(w, 1), end_trimmed_mib=round(en, 1),
+                          trimmed_growth_mib=round(en - w, 1), trimmed_growth_pct=round(100.0 * (en - w) / w, 2))
+        lines.append("  RSS right after malloc_trim(0) at warm-up / end (memory in use, without the free heap "
+                     "glibc keeps): " + ", ".join(f"rank {r} {w:.0f} / {en:.0f} ({en - w:+.1f})" for r, w, en in trimmed))
     worst = max(rss, key=lambda x: x["growth_mib"])
     growth, growth_pct = worst["growth_mib"], max(x["growth_pct"] for x in rss)
     peak_gr = max((x["peak_growth_mib"] for x in rss if x["peak_growth_mib"] == x["peak_growth_mib"]), default=None)
