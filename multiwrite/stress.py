@@ -207,8 +207,8 @@ class Pools:
 def moe_inputs(seed, step, s, T, H, E, k, dtype, routing, P, node_of, salt=0):
     """Rank s's tokens (small integers, exact in every float dtype), routing and weights for one step."""
     rng = np.random.default_rng([seed, step, s, 7, salt])
-    a = rng.integers(0, 251, T)
-    b = np.random.default_rng([seed, step, 8, salt]).integers(0, 251, H)
+    a = rng.integers(0, 251, T).astype(np.int16)         # int16: no T x H int64 temporaries
+    b = np.random.default_rng([seed, step, 8, salt]).integers(0, 251, H).astype(np.int16)
     x = torch.from_numpy(((a[:, None] + b[None, :]) % 251).astype(np.float32)).to(dtype)
     if routing == "none" or T == 0:
         idx = np.full((T, k), -1, dtype=np.int64)
@@ -299,10 +299,7 @@ class Stress:
                     pro += [("allgather", (torch.uint8, nbytes, mode))] * 2
             for mode in modes:
                 pro.append(("allgather", (torch.float64, a.max_bytes, mode)))
-        if "multiwrite" in self.ops:
-            for w in range(MAX_WINDOWS):     # as many windows as the mix ever keeps, all of the largest size
-                for j, mode in enumerate(modes):
-                    pro.append(("multiwrite", (a.max_bytes if j == 0 else None, w, mode, j == 1)))
+        pro += self.window_specs()
         if "dispatch" in self.ops:
             H = max(self.hidden_sizes())
             # k = 8 distinct experts per token spread over every rank (all of them when P <= 8): the most
@@ -318,6 +315,20 @@ class Stress:
                         if "combine" in self.ops:
                             pro.append(("combine", None))
         return pro
+
+    def window_specs(self):
+        """multi_write steps that create as many windows as the mix ever keeps, all of the largest
+        size, and write every byte of them (both modes): the warm-up's window state (and the end's)."""
+        if "multiwrite" not in self.ops:
+            return []
+        return [("multiwrite", (self.args.max_bytes if j == 0 else None, w, mode, j == 1))
+                for w in range(MAX_WINDOWS) for j, mode in enumerate(("multiwrite", "unicast"))]
+
+    def run_spec(self, i, op, spec):
+        self.state["op"] = op
+        fn = {"allgather": self.allgather, "multiwrite": self.multiwrite, "dispatch": self.dispatch,
+              "combine": self.combine}[op]
+        return (op,) + fn(i, np.random.default_rng([self.args.seed, i, 1]), spec)
 
     # -- one step ---------------------------------------------------------------------------
     def step(self, i):
@@ -602,6 +613,11 @@ def run(args):
               + (f", delay rank {args.delay_rank} by {args.delay_ms:g} ms" if args.delay_rank is not None else "")
               + (f", kill rank {args.kill_rank} at {args.at:g}s" if args.kill_rank is not None else "")
               + (f", hang rank {args.hang_rank} at {args.at:g}s" if args.hang_rank is not None else ""), flush=True)
+    if me == 0 and args.kill_rank is not None and g.transport.name == "mpi" \
+            and not getattr(g.transport, "fault_tolerant", False):
+        print(f"stress: note: MPI without fault tolerance: when rank {args.kill_rank} dies the launcher aborts "
+              f"the whole job before the survivors can report (Open MPI: launch with mpirun --with-ft ulfm)",
+              file=sys.stderr, flush=True)
     if me in (args.kill_rank, args.hang_rank):
         sig, opt = (signal.SIGKILL, "--kill-rank") if me == args.kill_rank else (signal.SIGSTOP, "--hang-rank")
 
@@ -667,6 +683,23 @@ def run(args):
                          + (f"  p50/p99 ms: {pct}" if pct else ""))
                 if stop:
                     break
+        if "warm" in rss and stress.window_specs():
+            # End state = warm-up state: the mix has freed and created windows of random sizes since;
+            # measure the end with the same window set as the warm-up point (MAX_WINDOWS windows of
+            # the largest size, every byte written), so that both RSS figures count the same windows.
+            for win, _, _ in stress.windows:
+                win.free()
+            stress.windows.clear()
+            for op_, spec in stress.window_specs():
+                state["step"] = i
+                op, v, w, dt = stress.run_spec(i, op_, spec)
+                count[op] += 1
+                verified += v
+                wrong += w
+                if w and first_wrong is None:
+                    first_wrong = (i, op, w)
+                    print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
+                i += 1
     except Exception as exc:  # a peer died or hung, or a runtime error: clear message, no hang
         elapsed = time.monotonic() - t_start
         print(f"stress: rank {me}: FAILED in step #{state['step']} ({state['op']}) after {elapsed:.1f}s: "
@@ -675,14 +708,16 @@ def run(args):
         os._exit(3)     # skip finalize: peers may be gone and requests pending
     elapsed = time.monotonic() - t0
     rss.setdefault("warm", rss["start"])
-    # the end is measured in the same state as the warm-up point: windows still alive (at most
-    # MAX_WINDOWS, all of the largest size in the warm-up), last dispatch handle still held
+    # the end is measured in the same state as the warm-up point (windows: see above)
     bufs.setdefault("warm", bufs["start"])
     bufs["end"] = runtime_buffers_mib(g, stress)
     rss["end"] = rss_detail()
     if "warm_trimmed" in rss and malloc_trim():
         rss["end_trimmed"] = rss_detail()
-    peak["rss"] = max(peak["rss"], rss["end"]["rss"]) if "warm" in peak else float("nan")
+    if "warm" not in peak:
+        peak["rss"] = float("nan")
+    elif rss["end"]["rss"] > peak["rss"]:
+        peak.update(rss=rss["end"]["rss"], step=i, seconds=round(elapsed, 1))
     for win, _, _ in stress.windows:
         win.free()
     stress.windows.clear()
@@ -792,8 +827,14 @@ def _summary(args, topo, g, everyone, elapsed):
         for r, w, en in trimmed:
             rss[r].update(warm_trimmed_mib=round(w, 1), end_trimmed_mib=round(en, 1),
                           trimmed_growth_mib=round(en - w, 1), trimmed_growth_pct=round(100.0 * (en - w) / w, 2))
+        for r, e in enumerate(everyone):
+            if "end_trimmed" in e["rss"]:
+                rss[r]["anon_trimmed_mib"] = {"warm": round(e["rss"]["warm_trimmed"]["anon"], 1),
+                                              "end": round(e["rss"]["end_trimmed"]["anon"], 1)}
         lines.append("  RSS right after malloc_trim(0) at warm-up / end (memory in use, without the free heap "
-                     "glibc keeps): " + ", ".join(f"rank {r} {w:.0f} / {en:.0f} ({en - w:+.1f})" for r, w, en in trimmed))
+                     "glibc keeps), total [anon]: "
+                     + ", ".join(f"rank {r} {w:.0f} / {en:.0f} ({en - w:+.1f}) [{rss[r]['anon_trimmed_mib']['warm']:.0f}"
+                                 f" / {rss[r]['anon_trimmed_mib']['end']:.0f}]" for r, w, en in trimmed))
     worst = max(rss, key=lambda x: x["growth_mib"])
     growth, growth_pct = worst["growth_mib"], max(x["growth_pct"] for x in rss)
     peak_gr = max((x["peak_growth_mib"] for x in rss if x["peak_growth_mib"] == x["peak_growth_mib"]), default=None)

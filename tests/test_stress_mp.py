@@ -57,6 +57,13 @@ def test_stress_20s_no_wrong_bytes(tmp_path):
     assert doc["wrong_bytes"] == 0 and doc["bytes_verified"] > 0 and doc["duration_s"] >= 20
     assert all(doc["ops"][op]["count"] > 0 for op in ("allgather", "multiwrite", "dispatch", "combine")), doc["ops"]
     assert len(doc["rss"]) == 4 and all(r["end_mib"] > 0 for r in doc["rss"])
+    assert "max RSS growth after warm-up:" in out and "growth_pct" in doc["rss"][0], out[-3000:]
+    assert doc["max_rss_growth_pct"] is not None and doc["warmup_steps"] > doc["warmup"]   # + max-size prologue
+    if doc["steps"] > doc["warmup_steps"]:
+        # the warm-up prologue runs every op at its largest size: the grow-only buffers are final then
+        for r in doc["rss"]:
+            assert r["buffers_mib"]["warm"] == r["buffers_mib"]["end"], r
+        assert "unchanged after warm-up on every rank" in out, out[-3000:]
 
 
 def test_stress_delayed_rank_stays_correct():
