@@ -629,6 +629,28 @@ def run(args):
         killer.daemon = True
         killer.start()
 
+    def reset_windows(i):
+        """The same window set at the warm-up point and at the end, whatever the mix freed and created
+        in between (random sizes): MAX_WINDOWS windows of the largest size, every byte written; so
+        that both RSS readings count the same windows. Verified steps like the others; returns i."""
+        nonlocal verified, wrong, first_wrong
+        if not stress.window_specs():
+            return i
+        for win, _, _ in stress.windows:
+            win.free()
+        stress.windows.clear()
+        for op_, spec in stress.window_specs():
+            state["step"] = i
+            op, v, w, dt = stress.run_spec(i, op_, spec)
+            count[op] += 1
+            verified += v
+            wrong += w
+            if w and first_wrong is None:
+                first_wrong = (i, op, w)
+                print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
+            i += 1
+        return i
+
     # (steps, seconds) of this rank's calls after warm-up, as compact arrays (12 bytes a call, not a
     # tuple of ~100): the statistics of a 30-minute run must not show up as memory growth
     lat = {op: (array.array("q"), array.array("d")) for op in OPS}
@@ -654,13 +676,14 @@ def run(args):
             if i >= warm_steps:
                 lat[op][0].append(i)
                 lat[op][1].append(dt)
-            if i + 1 == warm_steps:
+            i += 1
+            if i == warm_steps:
+                i = reset_windows(i)
                 rss["warm"] = rss_detail()
                 if malloc_trim():
                     rss["warm_trimmed"] = rss_detail()
                 peak.update(warm=True, rss=rss["warm"]["rss"], step=i, seconds=round(time.monotonic() - t0, 1))
                 bufs["warm"] = runtime_buffers_mib(g, stress)
-            i += 1
             if i % args.sync_every == 0:
                 state["op"] = "agreement on stopping"
                 elapsed = time.monotonic() - t0
@@ -683,23 +706,8 @@ def run(args):
                          + (f"  p50/p99 ms: {pct}" if pct else ""))
                 if stop:
                     break
-        if "warm" in rss and stress.window_specs():
-            # End state = warm-up state: the mix has freed and created windows of random sizes since;
-            # measure the end with the same window set as the warm-up point (MAX_WINDOWS windows of
-            # the largest size, every byte written), so that both RSS figures count the same windows.
-            for win, _, _ in stress.windows:
-                win.free()
-            stress.windows.clear()
-            for op_, spec in stress.window_specs():
-                state["step"] = i
-                op, v, w, dt = stress.run_spec(i, op_, spec)
-                count[op] += 1
-                verified += v
-                wrong += w
-                if w and first_wrong is None:
-                    first_wrong = (i, op, w)
-                    print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
-                i += 1
+        if "warm" in rss:
+            i = reset_windows(i)
     except Exception as exc:  # a peer died or hung, or a runtime error: clear message, no hang
         elapsed = time.monotonic() - t_start
         print(f"stress: rank {me}: FAILED in step #{state['step']} ({state['op']}) after {elapsed:.1f}s: "
@@ -840,7 +848,10 @@ def _summary(args, topo, g, everyone, elapsed):
     peak_gr = max((x["peak_growth_mib"] for x in rss if x["peak_growth_mib"] == x["peak_growth_mib"]), default=None)
     peak_pct = max((x["peak_growth_pct"] for x in rss if x["peak_growth_pct"] is not None
                     and x["peak_growth_pct"] == x["peak_growth_pct"]), default=None)
+    in_use = max(((x["trimmed_growth_mib"], x["trimmed_growth_pct"]) for x in rss if "trimmed_growth_mib" in x),
+                 default=None)
     lines.append(f"  max RSS growth after warm-up: {growth:+.1f} MiB ({growth_pct:+.1f}%) at the end"
+                 + (f" (in use, after malloc_trim: {in_use[0]:+.1f} MiB ({in_use[1]:+.1f}%))" if in_use else "")
                  + (f"; highest RSS after warm-up: {peak_gr:+.1f} MiB ({peak_pct:+.1f}%) above the warm-up point"
                     if peak_gr is not None else ""))
     # trends over the run, by quarter (steps split by rank 0's clock): latency and memory
@@ -874,6 +885,8 @@ def _summary(args, topo, g, everyone, elapsed):
             "duration_s": elapsed, "steps": steps, "warmup": args.warmup, "warmup_steps": everyone[0]["warm_steps"], "seed": args.seed, "ops": ops,
             "bytes_verified": verified, "wrong_bytes": wrong, "rss": rss, "max_rss_growth_mib": growth,
             "max_rss_growth_pct": growth_pct, "max_rss_peak_growth_mib": peak_gr, "max_rss_peak_growth_pct": peak_pct,
+            "max_rss_in_use_growth_mib": in_use[0] if in_use else None,
+            "max_rss_in_use_growth_pct": in_use[1] if in_use else None,
             "rss_timeline_columns": ["step", "seconds", "rss_mib", "anon_mib", "shmem_mib"],
             "trend": quarters, "rss_timeline": {r: e["timeline"] for r, e in enumerate(everyone)},
             "args": {k: v for k, v in vars(args).items()}}
