@@ -10,6 +10,7 @@ straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 """
 
 import numpy as np
+from time import perf_counter as _pc
 
 from . import _dtypes, _packets, _tensors
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
@@ -18,6 +19,11 @@ from .group import ROUND_STAGING_BYTES, resolve, tag_for
 OP = _packets.WIN_ALLGATHER
 #: Chunks up to this size (and P * c up to the round staging area) take the barrier-free path.
 SMALL_MAX_BYTES = 64 * 1024
+#: Up to this many bytes per node, the node leader sends its node's chunks as one packet; above it,
+#: every rank sends its own chunk to its relay on each other node (messages stay below MPI's eager
+#: limit, and several ranks share the sending work).
+AGGREGATE_MAX_BYTES = 32 * 1024
+TRACE = None                # a list: (label, perf_counter) of the small path's phases (profiling)
 _SMALL, _LARGE = 1, 2       # path id in the node signature: ranks on different paths disagree
 
 
@@ -115,70 +121,180 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
 
 
 def _all_gather_small(g, out, src, seq, tag, window_id, what):
-    """MultiWrite AllGather without node barriers, for small chunks (latency-bound sizes).
+    """MultiWrite AllGather for small chunks (latency-bound): no node barriers, one message per node pair.
 
-    Same data movement as the general path (one packet per remote node, to that node's relay for this
-    source), but every chunk landing in the node's round staging area bumps a counter that the local
-    ranks wait on (Group.round_*), instead of an entry barrier plus a node-wide sync. Where the
-    transport tolerates a longer message than posted (MPI), header and payload travel as ONE message
-    (a 64-byte header followed by the chunk), halving messages and polls; Gloo keeps the two-part packet
-    (it aborts on a receive of the wrong size, so the payload receive waits for the header).
+    Every rank writes its chunk into the node's round staging area (Group.round_*: a counter per round
+    instead of barriers). The node leader waits for its node's chunks, sends them as ONE packet to the
+    leader of every other node (header + the node's L chunks: the same L·c payload bytes cross the link
+    as in the general path, with one header instead of L), and lands the packets it receives in the
+    staging area. Ranks other than the leader never touch the network: at small sizes the per-message
+    CPU cost of many ranks, not the link, is what the time is made of. Where the transport tolerates a
+    longer message than posted (MPI), header and payload travel as one message; Gloo keeps the
+    two-part packet (it aborts on a receive of the wrong size, so the payload waits for the header).
     """
     topo = g.topo
     P, c, r = g.size, src.nbytes, g.rank
     H = _packets.HEADER
+    if TRACE is not None: TRACE.append(("enter", _pc()))
+    before = g.round_target_now()
     staging, rnd = g.round_begin(seq, (OP, seq, c, window_id, 0, _SMALL), arrivals=P)
+    staging[r * c:(r + 1) * c] = src
+    g.round_arrived(rnd)
+    if topo.local_size > 1:
+        g.stats.add_intra(c)
+    error = None
+    if topo.num_nodes > 1:
+        if max(len(ranks) for ranks in topo.node_ranks) * c <= AGGREGATE_MAX_BYTES:
+            if r == topo.leader:
+                error = _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c)
+        else:
+            error = _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what)
+    if TRACE is not None: TRACE.append(("relayed", _pc()))
+    g.round_wait(rnd, what, error)
+    if TRACE is not None: TRACE.append(("all_in", _pc()))
+    out[:] = staging[:P * c]
+    return out
+
+
+def _node_chunks(staging, ranks, c):
+    """The chunks of ``ranks`` in the staging area: one slice when the ranks are consecutive."""
+    if ranks == list(range(ranks[0], ranks[0] + len(ranks))):
+        return [(staging[ranks[0] * c:(ranks[-1] + 1) * c], ranks[0] * c)]
+    return [(staging[q * c:(q + 1) * c], q * c) for q in ranks]
+
+
+def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
+    """The leader's part of the small path: send the node's chunks to every other node's leader,
+    land theirs. Returns the first error (every packet still counts as landed, so no peer waits)."""
+    topo = g.topo
+    P, H, me = g.size, _packets.HEADER, topo.node
+    fused = not g.transport.exact_size_recv
+    others = [m for m in range(topo.num_nodes) if m != me]
+    leaders = {m: topo.node_ranks[m][0] for m in others}
+    lens = {m: len(topo.node_ranks[m]) * c for m in others}
+
+    recvs, inboxes = [], []
+    for i, m in enumerate(others):
+        if fused:
+            box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
+            recvs.append(g.recv(box, leaders[m], tag))
+        else:
+            box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
+            recvs.append(_packets.PacketRecv(g, box[:H], box[H:], leaders[m], tag, what))
+        inboxes.append(box)
+
+    # Wait for the chunks of my node (only this rank lands remote chunks, so the counter says it).
+    mine = topo.node_ranks[me]
+    try:
+        if not g._wait_word(_round_count_off(rnd), (before[rnd[0]] + len(mine)) & 0xFFFFFFFF, what, rnd[2]):
+            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for the chunks of "
+                                    f"this node's ranks")
+        local_error = g.round_mismatch(rnd, what)
+    except MismatchError as exc:     # a local rank took the other (barrier) path
+        local_error = exc
+    # A disagreement inside my node must reach the other nodes too: the packet is then sent without
+    # payload (payload_len 0), which its receivers turn into a MismatchError.
+    payload_len = 0 if local_error else len(mine) * c
+    outbox = g.private_buffer(f"allgather_small_out{rnd[0]}", H + len(mine) * c)
+    pos = H
+    for part, _ in _node_chunks(staging, mine, c):
+        outbox[pos:pos + part.nbytes] = part
+        pos += part.nbytes
+    sends = []
+    for i, m in enumerate(others):
+        # the header differs per destination node; build it in place for the fused send
+        box = outbox if i == 0 else g.private_buffer(f"allgather_small_out{rnd[0]}_{i}", H + len(mine) * c)
+        if i:
+            box[H:] = outbox[H:]
+        _packets.build(box[:H], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
+                       dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])),
+                       offset=mine[0] * c if payload_len else 0, payload_len=payload_len)
+        g.stats.add_inter(H + payload_len, m)
+        if fused:
+            sends.append(g.transport.isend(box[:H + payload_len], leaders[m], tag))
+        else:
+            sends += [g.transport.isend(box[:H], leaders[m], tag),
+                      g.transport.isend(box[H:H + payload_len], leaders[m], tag)]
+    if TRACE is not None: TRACE.append(("sent", _pc()))
+
+    error = local_error
+    for i, m in enumerate(others):
+        try:
+            box = inboxes[i]
+            try:
+                if fused:
+                    _packets.wait_checked(g, [recvs[i]], what)
+                else:
+                    recvs[i].wait(g.timeout_s, what)
+            except MismatchError:
+                if int(box[32:40].view(np.uint64)[0]) == 0:     # see local_error above
+                    raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
+                                        f"(reported by its leader, rank {leaders[m]})") from None
+                raise
+            if int(box[32:40].view(np.uint64)[0]) == 0:
+                raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
+                                    f"(reported by its leader, rank {leaders[m]})")
+            _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leaders[m],
+                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=lens[m])
+            pos = H
+            for part, _ in _node_chunks(staging, topo.node_ranks[m], c):
+                part[:] = box[pos:pos + part.nbytes]
+                pos += part.nbytes
+        except MultiwriteTimeout:
+            raise
+        except Exception as exc:
+            error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
+            g.round_failed(rnd, error)
+        g.round_arrived(rnd, len(topo.node_ranks[m]))
+    try:
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = error or exc
+    return error
+
+
+def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
+    """Small path, per-rank variant: my chunk goes to my relay on every other node; I land the chunks
+    of the remote sources I relay. Returns the first error (every chunk still counts as landed)."""
+    topo = g.topo
+    P, c, r, H = g.size, src.nbytes, g.rank, _packets.HEADER
     fused = not g.transport.exact_size_recv
     remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
     senders = [s for s in range(P) if not topo.same_node(s) and topo.relay_for(s, topo.node) == r]
-
-    # Post the receives of the chunks I relay (before sending: my peers may be faster).
     if fused:
-        inbox = g.private_buffer(f"allgather_small_in{rnd[0]}", len(senders) * (H + c)).reshape(-1, H + c) \
-            if senders else None
+        inbox = g.private_buffer(f"allgather_small_rin{rnd[0]}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
         recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
     else:
         headers_in = _packets.header_buffers(g, "allgather_small_hin", len(senders))
         recvs = [_packets.PacketRecv(g, headers_in[i], staging[s * c:(s + 1) * c], s, tag, what)
                  for i, s in enumerate(senders)]
-
-    # My own chunk, for my node peers.
-    staging[r * c:(r + 1) * c] = src
-    g.round_arrived(rnd)
-    if topo.local_size > 1:
-        g.stats.add_intra(c)
-
-    # One packet per remote node, to the relay that fans my chunk out there.
     sends = []
-    if fused and remote_nodes:
-        outbox = g.private_buffer(f"allgather_small_out{rnd[0]}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
-        for i, m in enumerate(remote_nodes):
-            d = topo.relay_for(r, m)
-            _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
-                           dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])), offset=r * c, payload_len=c)
+    outbox = g.private_buffer(f"allgather_small_rout{rnd[0]}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
+    for i, m in enumerate(remote_nodes):
+        d = topo.relay_for(r, m)
+        _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
+                       dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])), offset=r * c, payload_len=c)
+        g.stats.add_inter(H + c, m)
+        if fused:
             outbox[i, H:] = src
-            g.stats.add_inter(H + c, m)
             sends.append(g.transport.isend(outbox[i], d, tag))
-    elif remote_nodes:
-        headers_out = _packets.header_buffers(g, "allgather_small_hout", len(remote_nodes))
-        for i, m in enumerate(remote_nodes):
-            sends += _packets.send(g, headers_out[i], src, topo.relay_for(r, m), tag, window_id=window_id,
-                                   seq=seq, dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])),
-                                   offset=r * c)
-
-    # Land the chunks I relay (each one counts, failed or not, so no local peer waits for it).
+        else:
+            sends += [g.transport.isend(outbox[i, :H], d, tag), g.transport.isend(src, d, tag)]
     error = None
     for i, s in enumerate(senders):
         try:
             if fused:
                 _packets.wait_checked(g, [recvs[i]], what)
-                _packets.check(inbox[i, :H], what=what, window_id=window_id, seq=seq, src_rank=s,
-                               window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
-                staging[s * c:(s + 1) * c] = inbox[i, H:]
+                header = inbox[i, :H]
             else:
                 recvs[i].wait(g.timeout_s, what)
-                _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
-                               window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
+                header = headers_in[i]
+            _packets.check(header, what=what, window_id=window_id, seq=seq, src_rank=s,
+                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
+            if fused:
+                staging[s * c:(s + 1) * c] = inbox[i, H:]
         except MultiwriteTimeout:
             raise
         except Exception as exc:
@@ -191,6 +307,9 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
         raise
     except Exception as exc:
         error = error or exc
-    g.round_wait(rnd, what, error)
-    out[:] = staging[:P * c]
-    return out
+    return error
+
+
+def _round_count_off(rnd):
+    from .group import _ROUND_COUNT
+    return _ROUND_COUNT + 64 * rnd[0]

@@ -115,11 +115,13 @@ class Group:
         return seq, tuple(int(v) for v in signature)
 
     def check_announcements(self, what, seq, signature):
-        """MismatchError if a node peer entered call ``seq`` with a different signature."""
+        """MismatchError if a node peer entered call ``seq`` on another path: the last element of the
+        signature names the path (e.g. barrier-free vs barrier), and ranks on different paths would
+        otherwise wait for each other until the timeout. Other differences are found by the path."""
         n = len(signature)
         rows = self.ctrl[_ANNOUNCE:_ANNOUNCE + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)
         for i in range(self.topo.local_size):
-            if rows[i, 0] == seq and tuple(int(v) for v in rows[i, 1:1 + n]) != signature:
+            if rows[i, 0] == seq and int(rows[i, n]) != signature[-1]:
                 raise MismatchError(
                     f"{what}: rank {self.topo.local_ranks[i]} of this node called it with different arguments "
                     f"{tuple(int(v) for v in rows[i, 1:1 + n])} vs {signature} on this rank; this group's node "
@@ -191,6 +193,10 @@ class Group:
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
         return staging, (parity, self._rounds, announced)
 
+    def round_target_now(self):
+        """Counter values (per parity) at which every earlier round is complete."""
+        return tuple(self._round_target)
+
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them)."""
         _core.atomic_add_u32(self.ctrl, _ROUND_COUNT + 64 * handle[0], count)
@@ -218,14 +224,23 @@ class Group:
             msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
             raise MismatchError(f"{what}: a relay of this node failed: "
                                 f"{bytes(msg).rstrip(bytes(1)).decode(errors='replace')}")
+        mismatch = self.round_mismatch(handle, what)
+        if mismatch is not None:
+            raise mismatch
+
+    def round_mismatch(self, handle, what):
+        """MismatchError if the local ranks that entered the round disagree on its signature (valid
+        once their chunks have landed), else None."""
+        parity, _, announced = handle
         n = len(announced[1])
         bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
         sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
         if (sigs != sigs[0]).any():
             rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i])}"
                              for i in range(self.topo.local_size))
-            raise MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
-                                f"arguments ({rows})")
+            return MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
+                                 f"arguments ({rows})")
+        return None
 
     # -- node-shared buffers ------------------------------------------------------------------
     def node_buffer(self, name, nbytes):

@@ -10,7 +10,7 @@ from ..errors import MultiwriteTimeout
 
 _SPIN_S = float(os.environ.get("MULTIWRITE_SPIN_US", "50")) * 1e-6
 _SLEEP_MIN_S = 1e-5
-_SLEEP_MAX_S = 2e-4
+_SLEEP_MAX_S = float(os.environ.get("MULTIWRITE_SLEEP_MAX_US", "200")) * 1e-6
 
 
 class Request:

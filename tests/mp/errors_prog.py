@@ -27,6 +27,12 @@ def main(case):
         n = 100 if r != P - 1 else 120
         e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * n), torch.ones(n)))
         print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
+    elif case == "path_mismatch":
+        # the last rank's chunk is too big for the barrier-free small path: the ranks take different
+        # paths, and every rank must still get a MismatchError (not a timeout)
+        n = 100 if r != P - 1 else 1 << 18
+        e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * n), torch.ones(n)))
+        print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
     elif case == "dtype_mismatch":
         dt = torch.float32 if r != P - 1 else torch.int32
         e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * 8, dtype=dt), torch.ones(8, dtype=dt)))
