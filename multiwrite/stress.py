@@ -26,9 +26,11 @@ Every result is compared byte for byte with a reference each rank computes local
 (never from what the network delivered). Rank 0 shows a progress bar on stderr (ops, bytes verified,
 wrong bytes, running p50/p99 per operation of its own calls). The final summary gives, per operation,
 the count and p50/p99/max latency (each call's time = max over ranks), the bytes verified, the wrong
-bytes (the exit status is 1 if any), and every rank's RSS at start, after warm-up and at the end
-(growth after warm-up in MiB and %, split into anonymous and shared-memory pages, and the highest RSS
-seen after warm-up).
+bytes (the exit status is 1 if any), and every rank's RSS (VmRSS) at start, after warm-up and at the
+end: growth after warm-up in MiB and %, split into anonymous and shared-memory pages, the highest RSS
+seen after warm-up (sampled at every agreement), and the RSS right after malloc_trim(0) at the
+warm-up point and at the end ("in use": without the free heap pages glibc keeps, which come and go
+by tens of MiB with the sizes of the last temporaries).
 
 Warm-up: the run starts with a prologue that runs every operation at every power-of-two size up to
 its maximum and at its worst-case routing (every token to k = 8 experts spread over all ranks, float32,
@@ -36,7 +38,10 @@ largest hidden size and token count; MAX_WINDOWS windows of the largest size), i
 --warmup random steps. The runtime keeps its node-shared and private buffers at the largest size
 seen, and the driver reuses its own buffers: after the warm-up they have their final sizes (the
 summary checks it: "grow-only buffers ... unchanged after warm-up"), so RSS growth after the
-warm-up would be a leak.
+warm-up would be a leak. Windows are the application's memory and the mix frees and creates them
+with random sizes: right before the warm-up reading and again before the end reading, all windows
+are freed and MAX_WINDOWS windows of the largest size are created and written, so that both
+readings count the same windows.
 
 Faults: ``--delay-rank R --delay-ms X`` makes rank R sleep X ms before every operation (results must
 stay right); ``--kill-rank R --at S`` SIGKILLs rank R S seconds after the start: the survivors must
@@ -684,6 +689,11 @@ def run(args):
                     rss["warm_trimmed"] = rss_detail()
                 peak.update(warm=True, rss=rss["warm"]["rss"], step=i, seconds=round(time.monotonic() - t0, 1))
                 bufs["warm"] = runtime_buffers_mib(g, stress)
+                if os.environ.get("MW_STRESS_OBJECTS"):    # diagnostic: Python objects that pile up
+                    import collections
+                    import gc
+                    gc.collect()
+                    objs_warm = collections.Counter(type(o).__name__ for o in gc.get_objects())
             if i % args.sync_every == 0:
                 state["op"] = "agreement on stopping"
                 elapsed = time.monotonic() - t0
@@ -719,6 +729,14 @@ def run(args):
     # the end is measured in the same state as the warm-up point (windows: see above)
     bufs.setdefault("warm", bufs["start"])
     bufs["end"] = runtime_buffers_mib(g, stress)
+    if os.environ.get("MW_STRESS_OBJECTS") and "warm" in rss:
+        import collections
+        import gc
+        gc.collect()
+        objs_end = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        diff = sorted(((objs_end[k] - objs_warm.get(k, 0), k) for k in objs_end), reverse=True)[:8]
+        print(f"stress: rank {me}: objects tracked by gc, growth after warm-up: "
+              + ", ".join(f"{k} {d:+d}" for d, k in diff), file=sys.stderr, flush=True)
     rss["end"] = rss_detail()
     if "warm_trimmed" in rss and malloc_trim():
         rss["end_trimmed"] = rss_detail()
