@@ -3,6 +3,7 @@ bytes, summary with latencies and RSS), and the fault options: a killed rank and
 the survivors exit with a clear error within the timeout, never hang. Each launch has a hard timeout."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,11 +99,11 @@ def test_stress_killed_rank_survivors_fail_clearly(launcher):
     if launcher == "torchrun":
         # torchrun's agent SIGTERMs the other workers as soon as one dies (monitor interval 0.2 s): a
         # survivor reports either its own error (Gloo: connection closed) or that SIGTERM.
-        failed = [line for line in out.splitlines() if "FAILED" in line and "stress: rank " in line]
-        assert {line.split("stress: rank ")[1].split(":")[0] for line in failed} >= {"0", "1", "2"}, out[-6000:]
+        assert set(re.findall(r"stress: rank (\d+): FAILED", out)) >= {"0", "1", "2"}, out[-6000:]
     else:
-        failed = [line for line in out.splitlines() if "FAILED in step #" in line]
-        survivors = {line.split("stress: rank ")[1].split(":")[0] for line in failed if "stress: rank " in line}
+        # (ranks share the output pipe: a line may hold the end of another rank's message)
+        failed = re.findall(r"stress: rank \d+: FAILED in step #[^\n]*?(?=stress: rank |\n|$)", out)
+        survivors = set(re.findall(r"stress: rank (\d+): FAILED in step #", out))
         assert survivors >= {"0", "1", "2"}, out[-6000:]       # each survivor's own clear error
         assert any("dead peer: rank 3" in line or "rank(s) [3]" in line for line in failed), failed
         assert all(("MPI_ERR_PROC_FAILED" in line or "MPI_ERR_REVOKED" in line or "timed out after" in line)
@@ -119,7 +120,7 @@ def test_stress_hung_rank_times_out():
                                   "--hang-rank", "3", "--at", "3s", "--timeout", str(timeout_s)],
                                  env=EMULATED, timeout=90)
     assert code not in (0, -999), out[-6000:]
-    failed = [line for line in out.splitlines() if "FAILED in step #" in line]
-    assert {line.split("rank ")[1].split(":")[0] for line in failed} >= {"0", "1", "2"}, out[-6000:]
+    assert set(re.findall(r"stress: rank (\d+): FAILED in step #", out)) >= {"0", "1", "2"}, out[-6000:]
+    failed = re.findall(r"stress: rank \d+: FAILED in step #[^\n]*?(?=stress: rank |\n|$)", out)
     assert all("MultiwriteTimeout" in line and "timed out after 6s" in line for line in failed), failed
     assert took < 3 + 3 * timeout_s + 20, f"survivors took {took:.0f}s to exit"
