@@ -7,14 +7,12 @@ ranks of the node are summed there (C++ core, float32 accumulation, fixed order)
 Unicast mode: one row per (token, destination rank) returns and the source sums over ranks.
 Results are bitwise deterministic from run to run; float32 results of the two modes agree to ~1e-6.
 """
-import time
-
 import numpy as np
 import torch
 
 from . import _core, _dtypes, _packets
-from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, flag_bytes
-from .errors import MismatchError, MultiwriteTimeout
+from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
+from .errors import MismatchError
 from .group import resolve, tag_for
 
 OP = _packets.WIN_COMBINE
@@ -59,28 +57,35 @@ def combine(y, handle, *, group=None):
     y_bytes = y.detach().contiguous().view(torch.uint8).numpy().reshape(-1, rb) if y.numel() else \
         np.zeros((y.shape[0], rb), dtype=np.uint8)
 
-    # 1. Node staging buffer: u32 "staged" flags (local rank j has copied its rows of source s: word
-    #    j * P + s), u32 "done" words (one per local rank), then the rows of every local rank stacked in
-    #    local-rank order (unicast: only rows from sources on this node). Its size follows from the
-    #    handle and the agreed row size (equal on every local rank, so all grow it together); instead
-    #    of node barriers, a rank waits only for the flags of the rows it reads, and before writing
-    #    until every local rank has finished reading the buffer in the previous combine.
+    # 1. Stage this node's rows in shared memory (unicast: only rows from sources on this node).
     rows = handle.local_recv_rows
     base = np.zeros(L + 1, dtype=np.int64)
     np.cumsum(rows, out=base[1:])
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
-    ready = seq & 0xFFFFFFFF
-    tag = tag_for(OP, seq)
-    chunk = _packets.chunk_size(rb)
-    fbytes = flag_bytes(L * P + L)
-    done_off = 4 * L * P
+    # The staging buffer starts with one "done" word per local rank. Its size follows from the handle
+    # and the agreed row size (equal on every local rank, so all grow it together); instead of a node
+    # barrier at entry, a rank waits only until every local rank has finished reading the buffer in
+    # the previous combine before it writes its rows.
+    fbytes = flag_bytes(L)
     shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)
     staging = shared[fbytes:]
+    _wait_done(g, what, shared, 0)
+    try:
+        return _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dtype, H, rb, T, unicast)
+    finally:
+        _core.atomic_store_u32(shared, 4 * lr, seq & 0xFFFFFFFF)
+
+
+def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dtype, H, rb, T, unicast):
+    topo = g.topo
+    P, N, L, lr, node = g.size, topo.num_nodes, topo.local_size, topo.local_rank, topo.node
+    own_rows = np.isin(handle.recv_src_rank, topo.local_ranks) if unicast else slice(None)
+    mine = y_bytes[own_rows]
+    staging[base[lr] * rb:base[lr + 1] * rb] = mine.reshape(-1)
+    if L > 1 and len(mine):
+        g.stats.add_intra(mine.nbytes)
+    g.node_barrier(what)
     stage = _typed(staging, dtype, int(base[-1]), H)
-    y_start = np.zeros(P + 1, dtype=np.int64)
-    np.cumsum(handle.recv_counts, out=y_start[1:])
-    local = [s for s in range(P) if topo.node_of[s] == node]
-    remote = [s for s in range(P) if topo.node_of[s] != node]
 
     # 2. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
     if unicast:
@@ -94,93 +99,43 @@ def combine(y, handle, *, group=None):
     np.cumsum([len(u[2]) for u in units], out=offs[1:])
     partial_bytes = g.private_buffer("combine_partials", int(offs[-1]) * rb)
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
+    tag = tag_for(OP, seq)
     headers_in = _packets.header_buffers(g, "combine_hin", len(units))
-    recvs, checks, own_unit = [], [], None
+    recvs, checks = [], []
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
             continue
         if kind == "node" and who == node:
-            own_unit = u
+            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[u]:offs[u + 1]])
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
-        recvs.append(_packets.ChunkedPacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb],
-                                                src, tag, chunk, what))
+        recvs.append(_packets.PacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag, what))
         checks.append((u, src, int(len(tokens)) * rb))
-    n_out = len(remote) if unicast else sum(1 for s in handle.reduce_index if s != g.rank)
-    headers_out = _packets.header_buffers(g, "combine_hout", n_out)
-    sends = []
 
-    def send_rows(i, s, nbytes, produce):
-        """One chunked packet of ``nbytes`` to source ``s``; ``produce(a, b)`` fills and returns bytes [a, b)."""
-        sends.append(_packets.send_header(g, headers_out[i], s, tag, window_id=window_id, seq=seq,
-                                          dest_bitmap=1 << topo.local_rank_of[s], payload_len=nbytes))
-        for a, b in _packets.chunk_bounds(nbytes, chunk):
-            sends.append(_packets.send_chunk(g, produce(a, b), s, tag))
-            _packets.poll(sends)
-
+    # 3. Send back what I owe: node partials of the remote sources I relay (MultiWrite), or my own
+    #    rows of every remote source (unicast, rows from one source are contiguous in y).
+    sends, out_parts = [], []
     if unicast:
-        # My own rows of every remote source go back as they are (rows from one source are contiguous).
-        i = 0
-        for s in remote:
-            if handle.recv_counts[s]:
-                rows_s = y_bytes[y_start[s]:y_start[s + 1]].reshape(-1)
-                send_rows(i, s, rows_s.nbytes, lambda a, b, r=rows_s: r[a:b])
-                i += 1
-
-    _wait_done(g, what, shared, done_off)
-    try:
-        # 3. Stage my rows: remote sources' first (their partial sums cross the network), then reduce
-        #    and send, chunk by chunk, the node partials of the remote sources I relay; then the rows of
-        #    this node's sources.
-        if unicast:
-            stage_pos = np.zeros(P + 1, dtype=np.int64)
-            np.cumsum([handle.recv_counts[s] if s in local else 0 for s in range(P)], out=stage_pos[1:])
-            first, later = [], local
-        else:
-            stage_pos = y_start
-            first, later = remote, local
-        mine = staging[base[lr] * rb:base[lr + 1] * rb].reshape(-1, rb) if rb else None
-
-        def stage_rows(sources):
-            for s in sources:
-                n = int(handle.recv_counts[s])
-                if n and rb:
-                    mine[stage_pos[s]:stage_pos[s] + n] = y_bytes[y_start[s]:y_start[s + 1]]
-                    if L > 1:
-                        g.stats.add_intra(n * rb)
-                _core.atomic_store_u32(shared, 4 * (lr * P + s), ready)
-
-        def wait_staged(s):
-            deadline = time.monotonic() + g.timeout_s
-            for j in range(L):
-                if not _core.wait_u32_ge(shared, 4 * (j * P + s), ready, max(deadline - time.monotonic(), 1e-3)):
-                    raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for rank "
-                                            f"{topo.local_ranks[j]} of this node to stage its rows (died, hangs, "
-                                            f"or called a different operation)")
-
-        stage_rows(first)
-        if not unicast:
-            send_bytes = g.private_buffer("combine_send", n_out and sum(
-                len(ix) for s, ix in handle.reduce_index.items() if s != g.rank) * rb)
-            pos, i = 0, 0
-            for s, ix in sorted(handle.reduce_index.items()):
-                if s == g.rank:
-                    continue
-                part = send_bytes[pos * rb:(pos + len(ix)) * rb]
-                pos += len(ix)
-                wait_staged(s)
-
-                def produce(a, b, ix=ix, part=part):
-                    _core.gather_reduce(stage, ix[a // rb:b // rb], _typed(part[a:b], dtype, (b - a) // rb, H))
-                    return part[a:b]
-                send_rows(i, s, part.nbytes, produce)
-                i += 1
-        stage_rows(later)
-        if own_unit is not None:
-            wait_staged(g.rank)
-            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
-    finally:
-        _core.atomic_store_u32(shared, done_off + 4 * lr, ready)
+        start = np.zeros(P + 1, dtype=np.int64)
+        np.cumsum(handle.recv_counts, out=start[1:])
+        for s in range(P):
+            if topo.node_of[s] != node and handle.recv_counts[s]:
+                out_parts.append((s, y_bytes[start[s]:start[s + 1]].reshape(-1)))
+    else:
+        total = sum(len(ix) for s, ix in handle.reduce_index.items() if s != g.rank)
+        send_bytes = g.private_buffer("combine_send", total * rb)
+        pos = 0
+        for s, ix in sorted(handle.reduce_index.items()):
+            if s == g.rank:
+                continue
+            part = send_bytes[pos * rb:(pos + len(ix)) * rb]
+            _core.gather_reduce(stage, ix, _typed(part, dtype, len(ix), H))
+            pos += len(ix)
+            out_parts.append((s, part))
+    headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
+    for i, (s, part) in enumerate(out_parts):
+        sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
+                               dest_bitmap=1 << topo.local_rank_of[s])
 
     def check_headers():
         for u, src, nbytes in checks:
@@ -195,7 +150,7 @@ def combine(y, handle, *, group=None):
     index = np.full((T, max(len(units), 1)), -1, dtype=np.int64)
     for u, (_, _, tokens) in enumerate(units):
         index[tokens, u] = offs[u] + np.arange(len(tokens), dtype=np.int64)
-    out = torch.empty((T, H), dtype=dtype)
+    out = empty_tensor((T, H), dtype)
     out_np = out.view(torch.uint8).numpy().reshape(-1)
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out

@@ -214,39 +214,13 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     node_off = np.zeros(P + 1, dtype=np.int64)
     np.cumsum(node_in * rec, out=node_off[1:])
     window_id = OP + 256 * _dtypes.code(str(x.dtype).replace("torch.", ""))
-    need, mismatch = g.node_agree(what, (OP, seq, row_bytes, k, window_id, int(unicast), int(node_off[-1])),
-                                  need_bytes=int(node_off[-1]))
-    if mismatch is not None:
-        raise mismatch   # after a successful global agreement this is an internal inconsistency
-    node_buf = g.node_buffer("dispatch_recv", need)
     tag = tag_for(OP, seq)
+    ready = (2 * seq) & 0xFFFFFFFF
+    L, lr = topo.local_size, topo.local_rank
 
-    recvs, checks = [], []
-    headers_in = _packets.header_buffers(g, "dispatch_hin", P)
-    remote = [s for s in range(P) if topo.node_of[s] != node]
-    if unicast:
-        uni_in = rank_counts[:, g.rank] * rec
-        uni_in[local_src] = 0
-        uni_off = np.zeros(P + 1, dtype=np.int64)
-        np.cumsum(uni_in, out=uni_off[1:])
-        uni_buf = g.private_buffer("dispatch_unicast_recv", int(uni_off[-1]))
-        for s in remote:
-            if rank_counts[s, g.rank]:
-                recvs.append(_packets.PacketRecv(g, headers_in[s], uni_buf[uni_off[s]:uni_off[s + 1]], s, tag, what))
-                checks.append((s, int(uni_in[s]), 1 << topo.local_rank))
-    else:
-        for s in remote:
-            if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
-                recvs.append(_packets.PacketRecv(g, headers_in[s], node_buf[node_off[s]:node_off[s + 1]], s, tag, what))
-                checks.append((s, int(node_off[s + 1] - node_off[s]), 0))
-
-    # Pack: own node straight into shared memory; remote nodes (or ranks) into a private send buffer.
+    # Remote nodes (or ranks) first, before touching the node buffer, so the link starts early: pack
+    # into a private send buffer and send.
     sends = []
-    mine = slice(node_offsets[node], node_offsets[node + 1])
-    if node_counts[g.rank, node]:
-        _core.pack_records(x_bytes, idx_np, w_np, node_tokens[mine], node_bitmaps[mine],
-                           node_buf[node_off[g.rank]:node_off[g.rank + 1]])
-        g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
     if unicast:
         units = [(d, rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
                   np.full(int(rank_counts[g.rank, d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
@@ -268,40 +242,98 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         sends += _packets.send(g, headers_out[i], part, dst, tag, window_id=window_id, seq=seq,
                                dest_bitmap=bitmap_all)
 
-    def check_headers():
-        for s, nbytes, _ in checks:
-            _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
-                           window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+    # Node buffer: u32 arrival flags (one per source rank) and "done" words (one per local rank), then
+    # the records. A source's flag turns ready when its records are complete in the buffer (packed by
+    # a local source, or received and checked by this node's relay), so every rank unpacks each source
+    # as soon as it is there. Its size follows from the global count table (equal on every local rank,
+    # so all grow it together); instead of a node barrier, a rank only waits until every local rank has
+    # finished reading the buffer in the previous dispatch (its done word) before writing into it.
+    fbytes = flag_bytes(P + L)
+    need = fbytes + int(node_off[-1])
+    shared = g.node_buffer("dispatch_recv", need)
+    node_buf = shared[fbytes:]
+    _wait_done(g, what, shared, 4 * P)
+    try:
+        return _dispatch_recv(**locals())
+    finally:
+        _core.atomic_store_u32(shared, 4 * (P + lr), ready)
 
-    error = _packets.complete(g, what, recvs, sends, check_headers)
-    g.node_sync(what, error)    # the node buffer holds every record for this node (or all raise)
 
-    # Unpack my rows, in source order, from shared memory (and my private buffer in unicast mode).
-    L, lr = topo.local_size, topo.local_rank
+def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, ready, window_id, shared,
+                   node_buf, node_off, node_in, node_counts, rank_counts, local_src, sends, x, x_bytes, idx_np,
+                   w_np, k, row_bytes, num_experts, node_offsets, node_tokens, node_bitmaps, rank_offsets,
+                   rank_tokens, topk_idx, topk_weights, cached, handle, mode, T, **_):
+    recvs = {}                       # source -> packet receive (the packets this rank receives)
+    headers_in = _packets.header_buffers(g, "dispatch_hin", P)
+    remote = [s for s in range(P) if topo.node_of[s] != node]
+    if unicast:
+        uni_in = rank_counts[:, g.rank] * rec
+        uni_in[local_src] = 0
+        uni_off = np.zeros(P + 1, dtype=np.int64)
+        np.cumsum(uni_in, out=uni_off[1:])
+        uni_buf = g.private_buffer("dispatch_unicast_recv", int(uni_off[-1]))
+        for s in remote:
+            if rank_counts[s, g.rank]:
+                recvs[s] = _packets.PacketRecv(g, headers_in[s], uni_buf[uni_off[s]:uni_off[s + 1]], s, tag, what)
+    else:
+        for s in remote:
+            if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
+                recvs[s] = _packets.PacketRecv(g, headers_in[s], node_buf[node_off[s]:node_off[s + 1]], s, tag, what)
+
+    # Own node: straight into shared memory, then flag it.
+    mine = slice(node_offsets[node], node_offsets[node + 1])
+    if node_counts[g.rank, node]:
+        _core.pack_records(x_bytes, idx_np, w_np, node_tokens[mine], node_bitmaps[mine],
+                           node_buf[node_off[g.rank]:node_off[g.rank + 1]])
+        g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
+    _core.atomic_store_u32(shared, 4 * g.rank, ready)
+
+    # Unpack my rows from every source's region as it arrives (rows from source s go to a range known
+    # from the count table), while receiving and checking the packets this rank relays.
     regions = []
     for s in range(P):
         if node_in[s]:
             regions.append((s, node_buf[node_off[s]:node_off[s + 1]]))
         elif unicast and s in remote and rank_counts[s, g.rank]:
             regions.append((s, uni_buf[uni_off[s]:uni_off[s + 1]]))
-    fan = {s: _core.fanout_counts(buf, row_bytes, k, L) for s, buf in regions}
-    recv_counts = np.zeros(P, dtype=np.int64)
-    for s, counts in fan.items():
-        recv_counts[s] = counts[lr]
-    R = int(recv_counts.sum())
+    recv_counts = np.ascontiguousarray(rank_counts[:, g.rank]).copy()
+    has_region = {s for s, _ in regions}
+    recv_counts[[s for s in range(P) if s not in has_region]] = 0
+    row_start = np.zeros(P + 1, dtype=np.int64)
+    np.cumsum(recv_counts, out=row_start[1:])
+    R = int(row_start[-1])
     H = x.shape[1]
-    recv_x = torch.empty((R, H), dtype=x.dtype)
+    recv_x = empty_tensor((R, H), x.dtype)
     recv_idx = torch.empty((R, k), dtype=torch.int64)
     recv_w = torch.empty((R, k), dtype=torch.float32)
     src_token = np.empty(R, dtype=np.int64)
     rx = recv_x.view(torch.uint8).numpy().reshape(R, row_bytes)
+    ri, rw = recv_idx.numpy(), recv_w.numpy()
     experts_per_rank = num_experts // P
     lo = g.rank * experts_per_rank
-    row = 0
-    for s, buf in regions:
-        row += _core.unpack_records(buf, row_bytes, k, lr, lo, lo + experts_per_rank, rx, src_token,
-                                    recv_idx.numpy(), recv_w.numpy(), row)
-    assert row == R
+    fan = {}
+
+    def unpack(s, buf):
+        a, b = int(row_start[s]), int(row_start[s + 1])
+        counts = _core.fanout_counts(buf, row_bytes, k, L)
+        if int(counts[lr]) != b - a:
+            raise MismatchError(f"{what}: rank {s} sent {int(counts[lr])} rows for rank {g.rank}, the count "
+                                f"table says {b - a}")
+        n = _core.unpack_records(buf, row_bytes, k, lr, lo, lo + experts_per_rank, rx[a:b], src_token[a:b],
+                                 ri[a:b], rw[a:b], 0)
+        assert n == b - a
+        fan[s] = counts
+
+    def check(s):
+        nbytes = int(recvs[s].payload.nbytes)
+        _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
+                       window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+
+    relayed = [] if unicast else list(recvs)
+    error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed)
+    error = _finish_sends(g, what, sends, error)
+    if error is not None:
+        raise error
     src_rank = np.repeat(np.arange(P, dtype=np.int64), recv_counts)
     per_expert = torch.bincount(recv_idx[recv_idx >= 0], minlength=experts_per_rank).tolist() \
         if R else [0] * experts_per_rank
@@ -332,6 +364,155 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
             reduce_index=reduce_index, recv_topk_idx=recv_idx, recv_topk_weights=recv_w,
             num_recv_tokens_per_expert=per_expert)
     return recv_x, recv_idx, recv_w, per_expert, new
+
+
+def empty_tensor(shape, dtype):
+    """Like torch.empty, backed by NumPy (malloc) memory: large torch CPU allocations come as fresh
+    pages on every call (page faults cost ~1 ms per MiB on a VM), malloc's heap reuses freed memory."""
+    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    raw = torch.from_numpy(np.empty(nbytes, dtype=np.uint8))
+    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
+
+
+def _wait_done(g, what, shared, offset):
+    """Wait until every local rank's done word (u32 at ``offset + 4 * local rank``) has reached this
+    rank's own: they have all finished reading the node buffer in the previous call of the operation."""
+    import time
+    from .errors import MultiwriteTimeout
+    lr = g.topo.local_rank
+    prev = _core.atomic_load_u32(shared, offset + 4 * lr)
+    deadline = time.monotonic() + g.timeout_s
+    for j in range(g.topo.local_size):
+        if j != lr and not _core.wait_u32_ge(shared, offset + 4 * j, prev, max(deadline - time.monotonic(), 1e-3)):
+            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for rank "
+                                    f"{g.topo.local_ranks[j]} of this node to finish the previous call "
+                                    f"(died, hangs, or called a different operation)")
+
+
+def flag_bytes(n):
+    """Bytes of ``n`` u32 arrival flags at the start of a node buffer (64-byte aligned)."""
+    return (4 * n + 63) // 64 * 64
+
+
+def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
+    """Drive the receives of this rank and process regions in any order as they become complete.
+
+    regions: [(source, buf)]. recvs: source -> packet receive of this rank (its region is ready when
+    the receive completes and ``check(source)`` passes). Regions without a receive here are ready when
+    their flag (u32 at ``4 * source`` of ``shared``) reaches ``ready``; ``ready + 1`` means the rank
+    that fills it failed. For sources in ``relayed`` this rank publishes the flag (ready or failed).
+    Every receive of this rank completes before returning (or a timeout is raised, after flagging the
+    relayed regions as failed); returns the first error (or None)."""
+    import time
+    from .errors import MultiwriteError, MultiwriteTimeout
+    topo = g.topo
+    error = None
+    pending_recv = dict(recvs)
+    pending = [(s, buf) for s, buf in regions]
+    done_recv = set()
+    deadline = time.monotonic() + g.timeout_s
+    spin_until = time.monotonic() + 5e-5
+    sleep = 0.0
+    relayed = set(relayed)
+
+    def fail(exc):
+        nonlocal error
+        if error is None:
+            error = exc
+
+    # Gloo's receive requests only complete inside wait(): there, block on one receive whenever no
+    # region could be processed (MPI requests are polled).
+    pollable = getattr(g.transport, "name", "") != "gloo"
+    while pending_recv or pending:
+        progressed = False
+        still = []
+        for s, buf in pending:
+            if s in recvs:
+                if s in pending_recv:
+                    still.append((s, buf))
+                    continue
+                ok = s in done_recv
+            else:
+                flag = _core.atomic_load_u32(shared, 4 * s)
+                if flag < ready:
+                    still.append((s, buf))
+                    continue
+                ok = flag == ready
+                if not ok:
+                    fail(MismatchError(f"{what}: rank {topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s}"
+                                       f" of this node failed to deliver the records of rank {s}"))
+            progressed = True
+            if ok and error is None:
+                try:
+                    process(s, buf)
+                except Exception as exc:
+                    fail(exc)
+        pending = still
+        for s in list(pending_recv):
+            try:
+                if pollable:
+                    if not pending_recv[s].test(max(deadline - time.monotonic(), 1e-3), what):
+                        continue
+                elif progressed:
+                    break
+                pending_recv.pop(s).wait(max(deadline - time.monotonic(), 1e-3), what)
+                check(s)
+                done_recv.add(s)
+                state = ready
+            except MultiwriteTimeout:
+                for r in relayed:
+                    if r not in done_recv:
+                        _core.atomic_store_u32(shared, 4 * r, (ready + 1) & 0xFFFFFFFF)
+                raise
+            except MultiwriteError as exc:
+                pending_recv.pop(s, None)
+                fail(exc)
+                state = ready + 1
+            except Exception as exc:  # MPI truncation, Gloo size errors, corrupt headers
+                pending_recv.pop(s, None)
+                fail(MismatchError(f"{what}: a peer's message does not fit what this rank expects "
+                                   f"(sizes differ across ranks?): {exc}"))
+                state = ready + 1
+            if s in relayed:
+                _core.atomic_store_u32(shared, 4 * s, state & 0xFFFFFFFF)
+            progressed = True
+            if not pollable:
+                break
+        if not (pending_recv or pending):
+            break
+        now = time.monotonic()
+        if now > deadline:
+            for r in relayed:
+                if r not in done_recv:
+                    _core.atomic_store_u32(shared, 4 * r, (ready + 1) & 0xFFFFFFFF)
+            missing = sorted(set(pending_recv) | {s for s, _ in pending})
+            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for the records of "
+                                    f"rank(s) {missing} (a peer died, hangs, or did not call the same "
+                                    f"operation; MULTIWRITE_TIMEOUT sets the limit)")
+        if progressed:
+            sleep = 0.0
+            spin_until = now + 5e-5
+        elif now > spin_until:
+            if (not pending_recv or not pollable) and pending:
+                # Only node peers' flags left: sleep on the first one (futex, woken by the store).
+                s = pending[0][0]
+                _core.wait_u32_ge(shared, 4 * s, ready, min(max(deadline - now, 1e-3), 0.05))
+            else:
+                sleep = min(max(sleep * 2, 1e-5), 2e-4)
+                time.sleep(sleep)
+    return error
+
+
+def _finish_sends(g, what, sends, error=None):
+    """Wait for the sends; a timeout is raised at once, another failure returned (unless ``error``)."""
+    from .errors import MultiwriteTimeout
+    try:
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = error or exc
+    return error
 
 
 def _reduce_index(g, regions, fan, local_rows, unicast, rec):
