@@ -65,7 +65,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     window_id = OP + 256 * _dtypes.code(dtype)       # the dtype travels in every header
     what = f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)"
     unicast = mode == "unicast"
-    if not unicast and 0 < c <= SMALL_MAX_BYTES and P * c <= ROUND_STAGING_BYTES:
+    if not unicast and small_path(P, c):
         return _all_gather_small(g, out, src, seq, tag, window_id, what)
     staging_bytes = (topo.local_size if unicast else P) * c
     need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), _LARGE), need_bytes=staging_bytes,
@@ -120,6 +120,17 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     return out
 
 
+def small_path(world_size, c):
+    """True when an all_gather of ``c`` bytes per rank takes the barrier-free small path."""
+    return 0 < c <= SMALL_MAX_BYTES and world_size * c <= ROUND_STAGING_BYTES
+
+
+def node_aggregated(topo, c):
+    """True when, on the small path, each node's leader sends the node's chunks as one packet (so a
+    node sends N-1 packets of L·c + 64 bytes instead of L·(N-1) packets of c + 64)."""
+    return small_path(topo.world_size, c) and max(len(r) for r in topo.node_ranks) * c <= AGGREGATE_MAX_BYTES
+
+
 def _all_gather_small(g, out, src, seq, tag, window_id, what):
     """MultiWrite AllGather for small chunks (latency-bound): no node barriers, one message per node pair.
 
@@ -144,7 +155,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
         g.stats.add_intra(c)
     error = None
     if topo.num_nodes > 1:
-        if max(len(ranks) for ranks in topo.node_ranks) * c <= AGGREGATE_MAX_BYTES:
+        if node_aggregated(topo, c):
             if r == topo.leader:
                 error = _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c)
         else:
@@ -158,7 +169,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
 
 def _node_chunks(staging, ranks, c):
     """The chunks of ``ranks`` in the staging area: one slice when the ranks are consecutive."""
-    if ranks == list(range(ranks[0], ranks[0] + len(ranks))):
+    if list(ranks) == list(range(ranks[0], ranks[0] + len(ranks))):
         return [(staging[ranks[0] * c:(ranks[-1] + 1) * c], ranks[0] * c)]
     return [(staging[q * c:(q + 1) * c], q * c) for q in ranks]
 

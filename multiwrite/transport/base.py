@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from ..errors import MultiwriteTimeout
+from ..errors import MultiwriteError, MultiwriteTimeout
 
 
 _SPIN_S = float(os.environ.get("MULTIWRITE_SPIN_US", "50")) * 1e-6
@@ -39,12 +39,12 @@ def wait_polling(req, timeout_s, what=""):
     """Poll ``req.test()`` until done: a short busy spin (low latency when the peer is running), then
     short sleeps. Sleeping rather than yielding matters when ranks outnumber cores: a rank that only
     yields keeps competing for the CPU its peers need to make progress."""
-    if req.test():
+    if _test(req, what):
         return
     start = time.monotonic()
     deadline = start + timeout_s
     sleep = 0.0
-    while not req.test():
+    while not _test(req, what):
         now = time.monotonic()
         if now > deadline:
             raise MultiwriteTimeout(
@@ -53,6 +53,16 @@ def wait_polling(req, timeout_s, what=""):
         if now - start > _SPIN_S:
             sleep = min(max(sleep * 2, _SLEEP_MIN_S), _SLEEP_MAX_S)
             time.sleep(sleep)
+
+
+def _test(req, what):
+    """req.test(); a transport error names the operation it belongs to."""
+    try:
+        return req.test()
+    except MultiwriteError as exc:
+        if what and not str(exc).startswith(what):
+            raise type(exc)(f"{what}: {exc}") from exc
+        raise
 
 
 def wait_all(requests, timeout_s, what=""):

@@ -38,9 +38,7 @@ def check_allgather(n, dtype, mode):
 
 def _small_aggregated(topo, c):
     from multiwrite import allgather as ag
-    from multiwrite.group import ROUND_STAGING_BYTES
-    return (0 < c <= ag.SMALL_MAX_BYTES and topo.world_size * c <= ROUND_STAGING_BYTES
-            and max(len(r) for r in topo.node_ranks) * c <= ag.AGGREGATE_MAX_BYTES)
+    return ag.node_aggregated(topo, c)
 
 
 def check_bytes(c, mode):
