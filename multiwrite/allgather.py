@@ -203,6 +203,7 @@ def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
         local_error = g.round_mismatch(rnd, what)
     except MismatchError as exc:     # a local rank took the other (barrier) path
         local_error = exc
+    if TRACE is not None: TRACE.append(("local_in", _pc()))
     # A disagreement inside my node must reach the other nodes too: the packet is then sent without
     # payload (payload_len 0), which its receivers turn into a MismatchError.
     payload_len = 0 if local_error else len(mine) * c
@@ -232,6 +233,7 @@ def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
     for i, m in enumerate(others):
         try:
             box = inboxes[i]
+            if TRACE is not None: TRACE.append(("recv_wait", _pc()))
             try:
                 if fused:
                     _packets.wait_checked(g, [recvs[i]], what)
@@ -242,6 +244,7 @@ def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
                     raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
                                         f"(reported by its leader, rank {leaders[m]})") from None
                 raise
+            if TRACE is not None: TRACE.append(("recv_done", _pc()))
             if int(box[32:40].view(np.uint64)[0]) == 0:
                 raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
                                     f"(reported by its leader, rank {leaders[m]})")
