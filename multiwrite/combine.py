@@ -101,12 +101,12 @@ def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dty
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
     tag = tag_for(OP, seq)
     headers_in = _packets.header_buffers(g, "combine_hin", len(units))
-    recvs, checks = [], []
+    recvs, checks, own_unit = [], [], None
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
             continue
         if kind == "node" and who == node:
-            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[u]:offs[u + 1]])
+            own_unit = u     # reduced after the sends are posted (only needed for the final sum)
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
         recvs.append(_packets.PacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag, what))
@@ -114,28 +114,32 @@ def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dty
 
     # 3. Send back what I owe: node partials of the remote sources I relay (MultiWrite), or my own
     #    rows of every remote source (unicast, rows from one source are contiguous in y).
-    sends, out_parts = [], []
+    sends = []
+
+    def send(i, s, part):
+        sends.extend(_packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
+                                   dest_bitmap=1 << topo.local_rank_of[s]))
+
     if unicast:
         start = np.zeros(P + 1, dtype=np.int64)
         np.cumsum(handle.recv_counts, out=start[1:])
-        for s in range(P):
-            if topo.node_of[s] != node and handle.recv_counts[s]:
-                out_parts.append((s, y_bytes[start[s]:start[s + 1]].reshape(-1)))
+        out_src = [s for s in range(P) if topo.node_of[s] != node and handle.recv_counts[s]]
+        headers_out = _packets.header_buffers(g, "combine_hout", len(out_src))
+        for i, s in enumerate(out_src):
+            send(i, s, y_bytes[start[s]:start[s + 1]].reshape(-1))
     else:
-        total = sum(len(ix) for s, ix in handle.reduce_index.items() if s != g.rank)
-        send_bytes = g.private_buffer("combine_send", total * rb)
+        relayed = [(s, ix) for s, ix in sorted(handle.reduce_index.items()) if s != g.rank]
+        headers_out = _packets.header_buffers(g, "combine_hout", len(relayed))
+        send_bytes = g.private_buffer("combine_send", sum(len(ix) for _, ix in relayed) * rb)
         pos = 0
-        for s, ix in sorted(handle.reduce_index.items()):
-            if s == g.rank:
-                continue
+        for i, (s, ix) in enumerate(relayed):    # each partial leaves as soon as it is summed
             part = send_bytes[pos * rb:(pos + len(ix)) * rb]
             _core.gather_reduce(stage, ix, _typed(part, dtype, len(ix), H))
             pos += len(ix)
-            out_parts.append((s, part))
-    headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
-    for i, (s, part) in enumerate(out_parts):
-        sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
-                               dest_bitmap=1 << topo.local_rank_of[s])
+            send(i, s, part)
+
+    if own_unit is not None:
+        _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
 
     def check_headers():
         for u, src, nbytes in checks:
