@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import _core, _dtypes, _packets
-from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
+from .dispatch import _FLOAT_DTYPES, _agree
 from .errors import MismatchError
 from .group import resolve, tag_for
 
@@ -62,23 +62,10 @@ def combine(y, handle, *, group=None):
     base = np.zeros(L + 1, dtype=np.int64)
     np.cumsum(rows, out=base[1:])
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
-    # The staging buffer starts with one "done" word per local rank. Its size follows from the handle
-    # and the agreed row size (equal on every local rank, so all grow it together); instead of a node
-    # barrier at entry, a rank waits only until every local rank has finished reading the buffer in
-    # the previous combine before it writes its rows.
-    fbytes = flag_bytes(L)
-    shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)
-    staging = shared[fbytes:]
-    _wait_done(g, what, shared, 0)
-    try:
-        return _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dtype, H, rb, T, unicast)
-    finally:
-        _core.atomic_store_u32(shared, 4 * lr, seq & 0xFFFFFFFF)
-
-
-def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dtype, H, rb, T, unicast):
-    topo = g.topo
-    P, N, L, lr, node = g.size, topo.num_nodes, topo.local_size, topo.local_rank, topo.node
+    need, mismatch = g.node_agree(what, (OP, seq, rb, window_id, int(unicast)), need_bytes=int(base[-1]) * rb)
+    if mismatch is not None:
+        raise mismatch
+    staging = g.node_buffer("combine", need)
     own_rows = np.isin(handle.recv_src_rank, topo.local_ranks) if unicast else slice(None)
     mine = y_bytes[own_rows]
     staging[base[lr] * rb:base[lr + 1] * rb] = mine.reshape(-1)
@@ -101,12 +88,12 @@ def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dty
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
     tag = tag_for(OP, seq)
     headers_in = _packets.header_buffers(g, "combine_hin", len(units))
-    recvs, checks, own_unit = [], [], None
+    recvs, checks = [], []
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
             continue
         if kind == "node" and who == node:
-            own_unit = u     # reduced after the sends are posted (only needed for the final sum)
+            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[u]:offs[u + 1]])
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
         recvs.append(_packets.PacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag, what))
@@ -114,32 +101,28 @@ def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dty
 
     # 3. Send back what I owe: node partials of the remote sources I relay (MultiWrite), or my own
     #    rows of every remote source (unicast, rows from one source are contiguous in y).
-    sends = []
-
-    def send(i, s, part):
-        sends.extend(_packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
-                                   dest_bitmap=1 << topo.local_rank_of[s]))
-
+    sends, out_parts = [], []
     if unicast:
         start = np.zeros(P + 1, dtype=np.int64)
         np.cumsum(handle.recv_counts, out=start[1:])
-        out_src = [s for s in range(P) if topo.node_of[s] != node and handle.recv_counts[s]]
-        headers_out = _packets.header_buffers(g, "combine_hout", len(out_src))
-        for i, s in enumerate(out_src):
-            send(i, s, y_bytes[start[s]:start[s + 1]].reshape(-1))
+        for s in range(P):
+            if topo.node_of[s] != node and handle.recv_counts[s]:
+                out_parts.append((s, y_bytes[start[s]:start[s + 1]].reshape(-1)))
     else:
-        relayed = [(s, ix) for s, ix in sorted(handle.reduce_index.items()) if s != g.rank]
-        headers_out = _packets.header_buffers(g, "combine_hout", len(relayed))
-        send_bytes = g.private_buffer("combine_send", sum(len(ix) for _, ix in relayed) * rb)
+        total = sum(len(ix) for s, ix in handle.reduce_index.items() if s != g.rank)
+        send_bytes = g.private_buffer("combine_send", total * rb)
         pos = 0
-        for i, (s, ix) in enumerate(relayed):    # each partial leaves as soon as it is summed
+        for s, ix in sorted(handle.reduce_index.items()):
+            if s == g.rank:
+                continue
             part = send_bytes[pos * rb:(pos + len(ix)) * rb]
             _core.gather_reduce(stage, ix, _typed(part, dtype, len(ix), H))
             pos += len(ix)
-            send(i, s, part)
-
-    if own_unit is not None:
-        _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
+            out_parts.append((s, part))
+    headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
+    for i, (s, part) in enumerate(out_parts):
+        sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
+                               dest_bitmap=1 << topo.local_rank_of[s])
 
     def check_headers():
         for u, src, nbytes in checks:
@@ -154,7 +137,7 @@ def _combine_staged(g, what, seq, y_bytes, handle, staging, base, window_id, dty
     index = np.full((T, max(len(units), 1)), -1, dtype=np.int64)
     for u, (_, _, tokens) in enumerate(units):
         index[tokens, u] = offs[u] + np.arange(len(tokens), dtype=np.int64)
-    out = empty_tensor((T, H), dtype)
+    out = torch.empty((T, H), dtype=dtype)
     out_np = out.view(torch.uint8).numpy().reshape(-1)
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
