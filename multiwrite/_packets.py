@@ -96,7 +96,8 @@ class PacketRecv:
     def test(self, timeout_s=None, what=""):
         """Non-blocking: True once header and payload have arrived. With an exact-size transport the
         payload receive is posted here once the header is in (a wrong length is drained, which may
-        block up to ``timeout_s``, and raised as in ``wait``)."""
+        block up to ``timeout_s``, and raised as in ``wait``). Gloo's requests complete only inside
+        ``wait``: poll this on transports whose ``test`` makes progress (MPI)."""
         import time
         if not self.header_req.test():
             return False
@@ -151,4 +152,3 @@ def complete(g, what, recvs, sends, check=None, error=None):
     except Exception as exc:
         error = error or exc
     return error
-
