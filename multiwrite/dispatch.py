@@ -330,7 +330,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
                        window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
 
     relayed = [] if unicast else list(recvs)
-    error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed)
+    error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed, sends)
     error = _finish_sends(g, what, sends, error)
     if error is not None:
         raise error
@@ -389,12 +389,17 @@ def _wait_done(g, what, shared, offset):
                                     f"(died, hangs, or called a different operation)")
 
 
+def pollable_sends(g):
+    """Whether send requests can be polled with test() (MPI; Gloo's complete inside wait())."""
+    return getattr(g.transport, "name", "") != "gloo"
+
+
 def flag_bytes(n):
     """Bytes of ``n`` u32 arrival flags at the start of a node buffer (64-byte aligned)."""
     return (4 * n + 63) // 64 * 64
 
 
-def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
+def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, sends=()):
     """Drive the receives of this rank and process regions in any order as they become complete.
 
     regions: [(source, buf)]. recvs: source -> packet receive of this rank (its region is ready when
@@ -402,7 +407,10 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
     their flag (u32 at ``4 * source`` of ``shared``) reaches ``ready``; ``ready + 1`` means the rank
     that fills it failed. For sources in ``relayed`` this rank publishes the flag (ready or failed).
     Every receive of this rank completes before returning (or a timeout is raised, after flagging the
-    relayed regions as failed); returns the first error (or None)."""
+    relayed regions as failed); returns the first error (or None). ``sends``: this rank's pending
+    sends, polled along the way (MPI moves a large message only while its sender calls into MPI: a
+    rank that only slept on node flags would stall the relay waiting for its packet).
+    """
     import time
     from .errors import MultiwriteError, MultiwriteTimeout
     topo = g.topo
@@ -414,6 +422,7 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
     spin_until = time.monotonic() + 5e-5
     sleep = 0.0
     relayed = set(relayed)
+    pending_sends = list(sends) if pollable_sends(g) else []
 
     def fail(exc):
         nonlocal error
@@ -425,6 +434,11 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
     pollable = getattr(g.transport, "name", "") != "gloo"
     while pending_recv or pending:
         progressed = False
+        if pending_sends:
+            try:
+                pending_sends = [q for q in pending_sends if not q.test()]
+            except Exception:        # reported by _finish_sends, which waits for them again
+                pending_sends = []
         still = []
         for s, buf in pending:
             if s in recvs:
@@ -496,7 +510,9 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed):
             if (not pending_recv or not pollable) and pending:
                 # Only node peers' flags left: sleep on the first one (futex, woken by the store).
                 s = pending[0][0]
-                _core.wait_u32_ge(shared, 4 * s, ready, min(max(deadline - now, 1e-3), 0.05))
+                # (briefly while own sends are pending: they need this rank's MPI calls to move)
+                _core.wait_u32_ge(shared, 4 * s, ready,
+                                  min(max(deadline - now, 1e-3), 5e-5 if pending_sends else 0.05))
             else:
                 sleep = min(max(sleep * 2, 1e-5), 2e-4)
                 time.sleep(sleep)
