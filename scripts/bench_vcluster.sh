@@ -3,11 +3,13 @@
 # tc-shaped links (launch/vcluster; needs root and iproute2), launched with mpirun or torchrun.
 #
 #   scripts/bench_vcluster.sh [--nodes 2] [--ranks-per-node 4] [--rate 1gbit] [--delay 100us]
-#                             [--launcher mpirun|torchrun] [--timeout 1800] -- <bench args>
+#                             [--launcher mpirun|torchrun] [--timeout 3600] -- <bench args>
 #
 #   scripts/bench_vcluster.sh -- all -b 4K -e 4M --json docs/results/all.json --plot docs/results/all.png
 #   scripts/bench_vcluster.sh --launcher torchrun -- allgather -b 1M -e 4M
 #   MW_MODULE=multiwrite.stress scripts/bench_vcluster.sh -- --duration 5m
+# --timeout (seconds, default 3600) ends the whole run: a 30-minute stress also needs its warm-up
+# prologue and summary inside it.
 #
 # Open MPI is given --bind-to none (8 ranks may share 2 cores) and mpi_yield_when_idle with the
 # nanosleep yield strategy: a rank waiting in a blocking MPI call (MPI's own Allgather/Alltoallv)
@@ -16,7 +18,7 @@
 # PYTHON (default python3) runs the module; MW_MODULE (default multiwrite.bench) picks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=1800
+NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=3600
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
