@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     --launcher) LAUNCHER=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench_vcluster.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
