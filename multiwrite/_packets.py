@@ -137,6 +137,19 @@ def wait_checked(g, requests, what):
                             f"(sizes differ across ranks?): {exc}") from exc
 
 
+def finish_sends(g, what, sends, error=None):
+    """Wait for the sends; a timeout is raised at once, another failure returned (``error`` passed in
+    wins)."""
+    from .errors import MultiwriteTimeout
+    try:
+        g.wait_all(sends, what)
+    except MultiwriteTimeout:
+        raise
+    except Exception as exc:
+        error = error or exc
+    return error
+
+
 def complete(g, what, recvs, sends, check=None, error=None):
     """Finish the packet exchange of one operation: wait for the receives, validate the headers
     (``check()``), wait for the sends. Returns the first error (``error`` passed in wins), to be shared

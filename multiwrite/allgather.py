@@ -145,9 +145,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     """
     topo = g.topo
     P, c, r = g.size, src.nbytes, g.rank
-    H = _packets.HEADER
     if TRACE is not None: TRACE.append(("enter", _pc()))
-    before = g.round_target_now()
     staging, rnd = g.round_begin(seq, (OP, seq, c, window_id, 0, _SMALL), arrivals=P)
     staging[r * c:(r + 1) * c] = src
     g.round_arrived(rnd)
@@ -157,7 +155,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     if topo.num_nodes > 1:
         if node_aggregated(topo, c):
             if r == topo.leader:
-                error = _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c)
+                error = _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c)
         else:
             error = _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what)
     if TRACE is not None: TRACE.append(("relayed", _pc()))
@@ -174,7 +172,7 @@ def _node_chunks(staging, ranks, c):
     return [(staging[q * c:(q + 1) * c], q * c) for q in ranks]
 
 
-def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
+def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
     """The leader's part of the small path: send the node's chunks to every other node's leader,
     land theirs. Returns the first error (every packet still counts as landed, so no peer waits)."""
     topo = g.topo
@@ -186,20 +184,15 @@ def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
 
     recvs, inboxes = [], []
     for i, m in enumerate(others):
-        if fused:
-            box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
-            recvs.append(g.recv(box, leaders[m], tag))
-        else:
-            box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
-            recvs.append(_packets.PacketRecv(g, box[:H], box[H:], leaders[m], tag, what))
+        box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
+        recvs.append(g.recv(box, leaders[m], tag) if fused else
+                     _packets.PacketRecv(g, box[:H], box[H:], leaders[m], tag, what))
         inboxes.append(box)
 
     # Wait for the chunks of my node (only this rank lands remote chunks, so the counter says it).
     mine = topo.node_ranks[me]
     try:
-        if not g._wait_word(_round_count_off(rnd), (before[rnd[0]] + len(mine)) & 0xFFFFFFFF, what, rnd[2]):
-            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for the chunks of "
-                                    f"this node's ranks")
+        g.round_wait_first(rnd, len(mine), what)
         local_error = g.round_mismatch(rnd, what)
     except MismatchError as exc:     # a local rank took the other (barrier) path
         local_error = exc
@@ -260,13 +253,7 @@ def _leader_exchange(g, staging, rnd, before, seq, tag, window_id, what, c):
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
         g.round_arrived(rnd, len(topo.node_ranks[m]))
-    try:
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
-    return error
+    return _packets.finish_sends(g, what, sends, error)
 
 
 def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
@@ -315,15 +302,5 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
         g.round_arrived(rnd)
-    try:
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
-    return error
+    return _packets.finish_sends(g, what, sends, error)
 
-
-def _round_count_off(rnd):
-    from .group import _ROUND_COUNT
-    return _ROUND_COUNT + 64 * rnd[0]

@@ -331,7 +331,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
 
     relayed = [] if unicast else list(recvs)
     error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed, sends)
-    error = _finish_sends(g, what, sends, error)
+    error = _packets.finish_sends(g, what, sends, error)
     if error is not None:
         raise error
     src_rank = np.repeat(np.arange(P, dtype=np.int64), recv_counts)
@@ -437,7 +437,7 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
         if pending_sends:
             try:
                 pending_sends = [q for q in pending_sends if not q.test()]
-            except Exception:        # reported by _finish_sends, which waits for them again
+            except Exception:        # reported by _packets.finish_sends, which waits for them again
                 pending_sends = []
         still = []
         for s, buf in pending:
@@ -516,18 +516,6 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
             else:
                 sleep = min(max(sleep * 2, 1e-5), 2e-4)
                 time.sleep(sleep)
-    return error
-
-
-def _finish_sends(g, what, sends, error=None):
-    """Wait for the sends; a timeout is raised at once, another failure returned (unless ``error``)."""
-    from .errors import MultiwriteTimeout
-    try:
-        g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
     return error
 
 

@@ -184,6 +184,7 @@ class Group:
         Returns (staging uint8 [ROUND_STAGING_BYTES], round handle)."""
         self._rounds += 1
         parity = self._rounds & 1
+        start = self._round_target[parity]       # counter value once every earlier round is complete
         self._round_target[parity] += arrivals
         announced = self.announce(seq, signature)
         sig = np.zeros(_SIG_WORDS, dtype=np.int64)
@@ -191,11 +192,15 @@ class Group:
         slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
         self.ctrl[slot:slot + 64] = sig.view(np.uint8)
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
-        return staging, (parity, self._rounds, announced)
+        return staging, (parity, self._rounds, announced, start)
 
-    def round_target_now(self):
-        """Counter values (per parity) at which every earlier round is complete."""
-        return tuple(self._round_target)
+    def round_wait_first(self, handle, count, what):
+        """Wait until the round's first ``count`` chunks have landed (e.g. the node's own chunks, when
+        only the caller lands the others)."""
+        parity, _, announced, start = handle
+        if not self._wait_word(_ROUND_COUNT + 64 * parity, (start + count) & 0xFFFFFFFF, what, announced):
+            raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
+                                    f"this node's ranks")
 
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them)."""
@@ -203,7 +208,7 @@ class Group:
 
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
-        parity, number, _ = handle
+        parity, number = handle[:2]
         text = str(error).encode()[:255]
         msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
         msg[:] = 0
@@ -213,7 +218,7 @@ class Group:
     def round_wait(self, handle, what, error=None):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
         local rank's signature differs or a relay on this node recorded a failure."""
-        parity, number, announced = handle
+        parity, number, announced, _ = handle
         target = self._round_target[parity] & 0xFFFFFFFF
         if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
@@ -231,7 +236,7 @@ class Group:
     def round_mismatch(self, handle, what):
         """MismatchError if the local ranks that entered the round disagree on its signature (valid
         once their chunks have landed), else None."""
-        parity, _, announced = handle
+        parity, announced = handle[0], handle[2]
         n = len(announced[1])
         bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
         sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
