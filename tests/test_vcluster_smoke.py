@@ -37,6 +37,19 @@ def _netns():
     return r.stdout
 
 
+def _run_vcluster(cmd, prefix, timeout):
+    """Run a launch/vcluster command with a clean multiwrite environment; always remove the cluster."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MULTIWRITE_TIMEOUT="60",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+        env.pop(k, None)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    finally:
+        if prefix in _netns():
+            subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
+
+
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_bench_on_virtual_cluster(tmp_path, launcher):
     if launcher == "mpirun":
@@ -52,15 +65,7 @@ def test_bench_on_virtual_cluster(tmp_path, launcher):
         cmd += ["--", sys.executable, "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
     else:
         cmd += ["--", "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MULTIWRITE_TIMEOUT="60",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
-        env.pop(k, None)
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=ROOT, env=env)
-    finally:
-        if prefix in _netns():
-            subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
+    p = _run_vcluster(cmd, prefix, timeout=200)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
     assert prefix not in _netns(), "vcluster left namespaces behind"
     doc = json.loads(out_json.read_text())
@@ -104,15 +109,7 @@ def test_stress_on_virtual_cluster(tmp_path):
            "--", sys.executable, "-m", "multiwrite.stress", "--duration", "15s", "--max-bytes", "256K",
            "--max-tokens", "128", "--max-hidden", "1024", "--timeout", "60", "--progress-interval", "10",
            "--json", str(out_json)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MULTIWRITE_TIMEOUT="60",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
-        env.pop(k, None)
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    finally:
-        if prefix in _netns():
-            subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
+    p = _run_vcluster(cmd, prefix, timeout=300)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
     assert "RESULT: PASS (0 wrong bytes)" in p.stdout, p.stdout[-3000:]
     doc = json.loads(out_json.read_text())
