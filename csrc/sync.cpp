@@ -79,11 +79,11 @@ void py_atomic_store(py::array buf, py::handle off, py::handle value) {
     futex_wake_all(w);
 }
 
-uint32_t py_atomic_add(py::array buf, py::handle off, py::handle value) {
+uint32_t py_atomic_add(py::array buf, py::handle off, py::handle value, bool wake) {
     uint32_t* w = word(buf, off, true);
     const uint32_t v = static_cast<uint32_t>(to_u64(value, "value", 0xFFFFFFFFu));
     const uint32_t r = __atomic_add_fetch(w, v, __ATOMIC_SEQ_CST);
-    futex_wake_all(w);
+    if (wake) futex_wake_all(w);
     return r;
 }
 
@@ -163,10 +163,13 @@ e.g. a view of shared memory). offset: a multiple of 4 with offset + 4 <= buf.nb
 Sequentially consistent store of u32 ``value``; wakes futex waiters on the word. buf: writeable
 uint8, C-contiguous; offset: a multiple of 4 inside buf.)");
     m.def("atomic_add_u32", &py_atomic_add, py::arg("buf"), py::arg("offset"), py::arg("value"),
-          R"(atomic_add_u32(buf, offset, value) -> int
+          py::arg("wake") = true,
+          R"(atomic_add_u32(buf, offset, value, wake=True) -> int
 
-Atomic fetch-add (mod 2**32) of u32 ``value``; returns the new value and wakes every futex waiter
-on the word (across processes). buf: writeable uint8, C-contiguous; offset: a multiple of 4.)");
+Atomic fetch-add (mod 2**32) of u32 ``value``; returns the new value and, with ``wake``, wakes every
+futex waiter on the word (across processes). ``wake=False`` is for callers that know no waiter's
+target is reached yet (each wake costs the waiters a context switch; they call futex_wake when it
+is). buf: writeable uint8, C-contiguous; offset: a multiple of 4.)");
     m.def("wait_u32_ge", &py_wait_ge, py::arg("buf"), py::arg("offset"), py::arg("target"), py::arg("timeout_s"),
           R"(wait_u32_ge(buf, offset, target, timeout_s) -> bool
 

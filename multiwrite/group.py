@@ -81,8 +81,11 @@ class Group:
         peer that entered the same call with another signature raises MismatchError."""
         self._epoch += 1
         _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank, self._epoch & 0xFFFFFFFF)
-        _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1)
         target = (self._epoch * self.topo.local_size) & 0xFFFFFFFF
+        # Only the last arrival wakes the waiters: a wake per arrival costs every waiter a context
+        # switch per arrival, which on an oversubscribed host is most of a small operation's time.
+        if _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1, False) == target:
+            _core.futex_wake(self.ctrl, _BARRIER_OFF)
         if not self._wait_word(_BARRIER_OFF, target, what, announced):
             missing = [r for r in self.topo.local_ranks
                        if _core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank_of[r])
@@ -178,33 +181,45 @@ class Group:
     # rank waits until the counter says all chunks are there. Rounds alternate between two staging
     # banks: a rank can only start round n+2 after round n+1 completed on its node, which needed every
     # local rank's own chunk of n+1, written after that rank had finished reading round n.
-    def round_begin(self, seq, signature, arrivals):
+    def round_begin(self, seq, signature, arrivals, wait_first=False):
         """Enter the next round. ``signature``: up to 7 ints all local ranks must agree on;
-        ``arrivals``: how many chunks land on this node in the round (the same on every local rank).
+        ``arrivals``: how many chunks land on this node in the round (the same on every local rank);
+        ``wait_first``: a rank will call round_wait_first for the node's own chunks (the arrival that
+        completes them then wakes the waiters; otherwise only the round's last arrival does).
         Returns (staging uint8 [ROUND_STAGING_BYTES], round handle)."""
         self._rounds += 1
         parity = self._rounds & 1
         start = self._round_target[parity]       # counter value once every earlier round is complete
         self._round_target[parity] += arrivals
+        end = self._round_target[parity]
         announced = self.announce(seq, signature)
         sig = np.zeros(_SIG_WORDS, dtype=np.int64)
         sig[:len(signature)] = signature
         slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
         self.ctrl[slot:slot + 64] = sig.view(np.uint8)
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
-        return staging, (parity, self._rounds, announced, start)
+        first = start + self.topo.local_size if wait_first else end
+        return staging, (parity, self._rounds, announced, start, end, first)
 
     def round_wait_first(self, handle, count, what):
         """Wait until the round's first ``count`` chunks have landed (e.g. the node's own chunks, when
         only the caller lands the others)."""
-        parity, _, announced, start = handle
+        parity, _, announced, start = handle[:4]
         if not self._wait_word(_ROUND_COUNT + 64 * parity, (start + count) & 0xFFFFFFFF, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
                                     f"this node's ranks")
 
     def round_arrived(self, handle, count=1):
-        """``count`` chunks are in the staging area (call after writing them)."""
-        _core.atomic_add_u32(self.ctrl, _ROUND_COUNT + 64 * handle[0], count)
+        """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
+        when the count reaches what they wait for (every chunk of the round, or the node's own chunks
+        with ``wait_first``): each wake costs every waiter a context switch, and on a host with more
+        ranks than cores the woken ranks take the CPU from the ones still working."""
+        parity, start, end, first = handle[0], handle[3], handle[4], handle[5]
+        offset = _ROUND_COUNT + 64 * parity
+        landed = (_core.atomic_add_u32(self.ctrl, offset, count, False) - start) & 0xFFFFFFFF
+        before = landed - count
+        if before < end - start <= landed or before < first - start <= landed:
+            _core.futex_wake(self.ctrl, offset)
 
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
@@ -218,8 +233,8 @@ class Group:
     def round_wait(self, handle, what, error=None):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
         local rank's signature differs or a relay on this node recorded a failure."""
-        parity, number, announced, _ = handle
-        target = self._round_target[parity] & 0xFFFFFFFF
+        parity, number, announced, _, end = handle[:5]
+        target = end & 0xFFFFFFFF
         if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
                                     f"chunks (a peer died, hangs, or called a different operation)")

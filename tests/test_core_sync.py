@@ -90,6 +90,35 @@ def _forked_waiter(shared, timeout):
     os._exit(0)
 
 
+def _forked_waiter_reports_time(shared):
+    buf = np.frombuffer(shared, dtype=np.uint8)
+    ok = c.wait_u32_ge(buf, 0, 2, 20.0)
+    c.atomic_store_u32(buf, 8, 2 if ok else 3)
+    c.atomic_add_u32(buf, 4, 1)
+    os._exit(0)
+
+
+def test_add_without_wake_then_futex_wake_across_processes():
+    # wake=False: the count moves but waiters are woken only by the explicit futex_wake
+    shared = mmap.mmap(-1, 4096)
+    buf = np.frombuffer(shared, dtype=np.uint8)
+    proc = mp.get_context("fork").Process(target=_forked_waiter_reports_time, args=(shared,))
+    proc.start()
+    try:
+        time.sleep(0.3)
+        assert c.atomic_add_u32(buf, 0, 1, False) == 1            # below the waiter's target
+        assert c.atomic_add_u32(buf, 0, 1, wake=False) == 2        # reaches it, nobody woken yet
+        assert c.atomic_load_u32(buf, 8) == 0
+        c.futex_wake(buf, 0)
+        assert c.wait_u32_ge(buf, 4, 1, 20.0)
+        assert c.atomic_load_u32(buf, 8) == 2
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+
+
 def test_futex_wait_wake_across_forked_processes():
     shared = mmap.mmap(-1, 4096)                                   # MAP_SHARED | MAP_ANONYMOUS
     buf = np.frombuffer(shared, dtype=np.uint8)
