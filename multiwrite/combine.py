@@ -9,6 +9,7 @@ Results are bitwise deterministic from run to run; float32 results of the two mo
 """
 import numpy as np
 import torch
+from time import perf_counter as _pc
 
 from . import _core, _dtypes, _packets
 from .dispatch import _FLOAT_DTYPES, _agree
@@ -16,6 +17,7 @@ from .errors import MismatchError
 from .group import resolve, tag_for
 
 OP = _packets.WIN_COMBINE
+TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
 
 
 def _typed(buf, dtype, rows, hidden):
@@ -33,6 +35,7 @@ def combine(y, handle, *, group=None):
     Weighting by topk_weights is the caller's job (as in DeepEP).
     """
     g = resolve(group)
+    if TRACE is not None: TRACE.append(("enter", _pc()))
     topo = g.topo
     P, N, L, lr, node = g.size, topo.num_nodes, topo.local_size, topo.local_rank, topo.node
     seq = g.next_seq()
@@ -47,6 +50,7 @@ def combine(y, handle, *, group=None):
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
     ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", ""))] if status is None else None
     table = _agree(g, what, status, ints, 2)
+    if TRACE is not None: TRACE.append(("agreed", _pc()))
     if (table != table[0]).any():
         raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code): "
                             + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(table)))
@@ -72,6 +76,7 @@ def combine(y, handle, *, group=None):
     if L > 1 and len(mine):
         g.stats.add_intra(mine.nbytes)
     g.node_barrier(what)
+    if TRACE is not None: TRACE.append(("staged", _pc()))
     stage = _typed(staging, dtype, int(base[-1]), H)
 
     # 2. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
@@ -119,6 +124,7 @@ def combine(y, handle, *, group=None):
             _core.gather_reduce(stage, ix, _typed(part, dtype, len(ix), H))
             pos += len(ix)
             out_parts.append((s, part))
+    if TRACE is not None: TRACE.append(("reduced", _pc()))
     headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
     for i, (s, part) in enumerate(out_parts):
         sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
@@ -129,7 +135,9 @@ def combine(y, handle, *, group=None):
             _packets.check(headers_in[u], what=what, window_id=window_id, seq=seq, src_rank=src,
                            window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
 
+    if TRACE is not None: TRACE.append(("sent", _pc()))
     error = _packets.complete(g, what, recvs, sends, check_headers)
+    if TRACE is not None: TRACE.append(("exchanged", _pc()))
     if error is not None:
         raise error
 

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from time import perf_counter as _pc
 
 from . import _core, _dtypes, _packets
 from ._config import check_mode
@@ -25,6 +26,7 @@ from .errors import MismatchError
 from .group import resolve, tag_for
 
 OP = _packets.WIN_DISPATCH
+TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -151,6 +153,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     """
     g = resolve(group)
     topo = g.topo
+    if TRACE is not None: TRACE.append(("enter", _pc()))
     seq = g.next_seq()
     what = f"dispatch (call #{seq})"
     P, N = g.size, topo.num_nodes
@@ -190,6 +193,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         meta = [row_bytes, k, _dtypes.code(str(x.dtype).replace("torch.", "")), int(num_experts), _MODES[mode]]
         ints = np.concatenate([np.asarray(meta, dtype=np.int64), sent_nodes, sent_ranks])
     table = _agree(g, what, status, ints, len(_META) + N + P)
+    if TRACE is not None: TRACE.append(("agreed", _pc()))
     metas = table[:, :len(_META)]
     if (metas != metas[0]).any():
         raise MismatchError(f"{what}: ranks disagree on ({', '.join(_META)}): "
@@ -248,6 +252,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     # as soon as it is there. Its size follows from the global count table (equal on every local rank,
     # so all grow it together); instead of a node barrier, a rank only waits until every local rank has
     # finished reading the buffer in the previous dispatch (its done word) before writing into it.
+    if TRACE is not None: TRACE.append(("sends_posted", _pc()))
     fbytes = flag_bytes(P + L)
     need = fbytes + int(node_off[-1])
     shared = g.node_buffer("dispatch_recv", need)
@@ -287,6 +292,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
                            node_buf[node_off[g.rank]:node_off[g.rank + 1]])
         g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
     _core.atomic_store_u32(shared, 4 * g.rank, ready)
+    if TRACE is not None: TRACE.append(("own_packed", _pc()))
 
     # Unpack my rows from every source's region as it arrives (rows from source s go to a range known
     # from the count table), while receiving and checking the packets this rank relays.
@@ -331,6 +337,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
 
     relayed = [] if unicast else list(recvs)
     error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed, sends)
+    if TRACE is not None: TRACE.append(("exchanged", _pc()))
     error = _packets.finish_sends(g, what, sends, error)
     if error is not None:
         raise error
@@ -471,6 +478,7 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
                     break
                 pending_recv.pop(s).wait(max(deadline - time.monotonic(), 1e-3), what)
                 check(s)
+                if TRACE is not None: TRACE.append(("recv", _pc()))
                 done_recv.add(s)
                 state = ready
             except MultiwriteTimeout:

@@ -163,6 +163,17 @@ def main():
         assert "the handle was made for" in str(e), str(e)
     else:
         raise AssertionError("cached dispatch with a wrong shape not reported")
+    # ranks disagree on the hidden size: every rank already sent its remote packets (before the count
+    # table), so every rank must drain them, raise, and leave the group usable
+    hid = 16 if topo.rank == 1 else 8
+    try:
+        buf.dispatch(torch.ones(6, hid), torch.arange(6 * k).reshape(6, k) % E, torch.zeros(6, k), E)
+    except mw.MismatchError as e:
+        assert "disagree" in str(e) and "row bytes" in str(e), str(e)
+    else:
+        raise AssertionError("hidden size mismatch not reported")
+    c = buf.dispatch(x2, handle=a[3])
+    assert torch.equal(c[0], a[0] * 2), "dispatch after errors"
     other = mw.Group(mw.default_group().transport.split(list(range(P))))
     for fn in (lambda: mw.Buffer(group=other).combine(a[0], a[3]),
                lambda: mw.Buffer(group=other).dispatch(a[0][:0], handle=a[3])):
