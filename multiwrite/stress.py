@@ -30,7 +30,11 @@ bytes (the exit status is 1 if any), and every rank's RSS (VmRSS) at start, afte
 end: growth after warm-up in MiB and %, split into anonymous and shared-memory pages, the highest RSS
 seen after warm-up (sampled at every agreement), and the RSS right after malloc_trim(0) at the
 warm-up point and at the end ("in use": without the free heap pages glibc keeps, which come and go
-by tens of MiB with the sizes of the last temporaries).
+by tens of MiB with the sizes of the last temporaries). To keep that apart from leaks, the stress
+sets glibc's mmap threshold to a fixed 256 KiB (--malloc-mmap-threshold): large temporaries then go
+back to the kernel when freed instead of staying in the heap. Both readings are taken after reading
+one byte of every page of the node-shared memory the rank maps (a shared page counts in a rank's
+RSS only once that rank touched it, which otherwise happens bit by bit as routings vary).
 
 Warm-up: the run starts with a prologue that runs every operation at every power-of-two size up to
 its maximum and at its worst-case routing (every token to k = 8 experts spread over all ranks, float32,
@@ -126,6 +130,11 @@ def build_parser():
                    help="fault: rank R stops (SIGSTOP: alive, sockets open, silent) ...")
     p.add_argument("--at", type=parse_duration, default=None, metavar="S",
                    help="... S seconds after the start (10s, 1m), for --kill-rank / --hang-rank")
+    p.add_argument("--malloc-mmap-threshold", type=_size, default=_size("256K"), metavar="BYTES",
+                   help="glibc: allocations from this size on come from mmap and go back to the kernel when freed "
+                        "(default 256K; 0 = glibc's own, which moves the threshold up to 32 MiB after large frees, "
+                        "after which the heap keeps tens of MiB of free temporaries per rank: RSS growth that is "
+                        "no leak)")
     p.add_argument("--json", metavar="FILE", help="rank 0 writes the summary as JSON to FILE")
     p.add_argument("--progress-interval", type=float, default=10.0,
                    help="seconds between progress lines when stderr is not a terminal (default 10)")
@@ -147,6 +156,31 @@ def rss_detail():
     except OSError:
         pass
     return out
+
+
+def set_malloc_mmap_threshold(nbytes):
+    """glibc mallopt(M_MMAP_THRESHOLD, nbytes) (a fixed threshold: no dynamic adjustment). True if set."""
+    if nbytes <= 0:
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-3, int(nbytes)))      # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+
+
+def touch_shared_pages(g, windows):
+    """Read one byte of every page of the node-shared memory this rank maps (the group's segments and
+    the windows), right before an RSS reading. A shared page counts in a rank's RSS only once the rank
+    has touched it, and ranks touch the pages of node buffers they already map bit by bit (a routing
+    that puts its rows in a region of the dispatch buffer it never read, ...): RSS growth that is no
+    new memory. Touching them all at both readings compares the same mapped memory."""
+    arrays = [seg.array for seg in getattr(g, "_buffers", {}).values()]
+    arrays += [a for a in (getattr(g, "ctrl", None), getattr(getattr(g, "_round_seg", None), "array", None))
+               if a is not None]
+    arrays += [w._mem for w, *_ in windows if getattr(w, "_mem", None) is not None]
+    for a in arrays:
+        if a.nbytes:
+            int(a[::4096].sum())
 
 
 def malloc_trim():
@@ -614,7 +648,8 @@ def run(args):
     if me == 0:
         print(f"stress: {P} ranks on {topo.num_nodes} nodes ({'+'.join(str(len(r)) for r in topo.node_ranks)}), "
               f"transport {g.transport.name}, ops {','.join(stress.ops)}, duration {_fmt_time(args.duration)}, "
-              f"seed {args.seed}, max {_fmt_bytes(args.max_bytes)}, timeout {g.timeout_s:g}s"
+              f"seed {args.seed}, max {_fmt_bytes(args.max_bytes)}, timeout {g.timeout_s:g}s, malloc mmap "
+              f"threshold {_fmt_bytes(args.malloc_mmap_threshold) if args.malloc_mmap_threshold > 0 else 'glibc default'}"
               + (f", delay rank {args.delay_rank} by {args.delay_ms:g} ms" if args.delay_rank is not None else "")
               + (f", kill rank {args.kill_rank} at {args.at:g}s" if args.kill_rank is not None else "")
               + (f", hang rank {args.hang_rank} at {args.at:g}s" if args.hang_rank is not None else ""), flush=True)
@@ -684,6 +719,7 @@ def run(args):
             i += 1
             if i == warm_steps:
                 i = reset_windows(i)
+                touch_shared_pages(g, stress.windows)
                 rss["warm"] = rss_detail()
                 if malloc_trim():
                     rss["warm_trimmed"] = rss_detail()
@@ -737,6 +773,7 @@ def run(args):
         diff = sorted(((objs_end[k] - objs_warm.get(k, 0), k) for k in objs_end), reverse=True)[:8]
         print(f"stress: rank {me}: objects tracked by gc, growth after warm-up: "
               + ", ".join(f"{k} {d:+d}" for d, k in diff), file=sys.stderr, flush=True)
+    touch_shared_pages(g, stress.windows)
     rss["end"] = rss_detail()
     if "warm_trimmed" in rss and malloc_trim():
         rss["end_trimmed"] = rss_detail()
@@ -919,6 +956,7 @@ def main(argv=None):
     if args.warmup < 0 or args.sync_every < 1 or args.max_tokens < 0 or args.max_hidden < 1:
         print("error: --warmup >= 0, --sync-every >= 1, --max-tokens >= 0, --max-hidden >= 1", file=sys.stderr)
         return 2
+    set_malloc_mmap_threshold(args.malloc_mmap_threshold)
     try:
         code = run(args)
     except ValueError as e:
