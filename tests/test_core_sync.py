@@ -1,5 +1,6 @@
 """multiwrite._core shared-memory sync: atomics, futex wait/wake across processes, timeouts, bounds
 checks, and copy_bytes."""
+import contextlib
 import mmap
 import multiprocessing as mp
 import os
@@ -82,61 +83,51 @@ def test_value_and_timeout_errors():
     assert c.atomic_load_u32(ro, 0) == 0                           # loads need no write access
 
 
-def _forked_waiter(shared, timeout):
+def _forked_waiter(shared, timeout, target=1):
     buf = np.frombuffer(shared, dtype=np.uint8)
-    ok = c.wait_u32_ge(buf, 0, 1, timeout)                         # sleeps on the futex
+    ok = c.wait_u32_ge(buf, 0, target, timeout)                    # sleeps on the futex
     c.atomic_store_u32(buf, 8, 2 if ok else 3)
     c.atomic_add_u32(buf, 4, 1)                                    # wakes the parent
     os._exit(0)
 
 
-def _forked_waiter_reports_time(shared):
+@contextlib.contextmanager
+def _waiter_child(target=1):
+    """A forked child sleeping until word 0 >= target (20 s limit); yields the shared buffer, then
+    checks the child exited cleanly. Word 8: 2 = woken in time, 3 = timed out; word 4: child done."""
+    shared = mmap.mmap(-1, 4096)                                   # MAP_SHARED | MAP_ANONYMOUS
     buf = np.frombuffer(shared, dtype=np.uint8)
-    ok = c.wait_u32_ge(buf, 0, 2, 20.0)
-    c.atomic_store_u32(buf, 8, 2 if ok else 3)
-    c.atomic_add_u32(buf, 4, 1)
-    os._exit(0)
+    proc = mp.get_context("fork").Process(target=_forked_waiter, args=(shared, 20.0, target))
+    proc.start()
+    try:
+        time.sleep(0.3)                                            # let the child go to sleep
+        yield buf
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
 
 
 def test_add_without_wake_then_futex_wake_across_processes():
     # wake=False: the count moves but waiters are woken only by the explicit futex_wake
-    shared = mmap.mmap(-1, 4096)
-    buf = np.frombuffer(shared, dtype=np.uint8)
-    proc = mp.get_context("fork").Process(target=_forked_waiter_reports_time, args=(shared,))
-    proc.start()
-    try:
-        time.sleep(0.3)
+    with _waiter_child(target=2) as buf:
         assert c.atomic_add_u32(buf, 0, 1, False) == 1            # below the waiter's target
         assert c.atomic_add_u32(buf, 0, 1, wake=False) == 2        # reaches it, nobody woken yet
         assert c.atomic_load_u32(buf, 8) == 0
         c.futex_wake(buf, 0)
         assert c.wait_u32_ge(buf, 4, 1, 20.0)
         assert c.atomic_load_u32(buf, 8) == 2
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0
 
 
 def test_futex_wait_wake_across_forked_processes():
-    shared = mmap.mmap(-1, 4096)                                   # MAP_SHARED | MAP_ANONYMOUS
-    buf = np.frombuffer(shared, dtype=np.uint8)
-    proc = mp.get_context("fork").Process(target=_forked_waiter, args=(shared, 20.0))
-    proc.start()
-    try:
-        time.sleep(0.3)                                            # let the child go to sleep
+    with _waiter_child() as buf:
         assert c.atomic_load_u32(buf, 4) == 0
         t0 = time.monotonic()
         c.atomic_add_u32(buf, 0, 1)
         assert c.wait_u32_ge(buf, 4, 1, 20.0)
         assert time.monotonic() - t0 < 5.0                         # woken, not timed out
         assert c.atomic_load_u32(buf, 8) == 2
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0
 
 
 def test_futex_timeout_in_child_process():
