@@ -66,7 +66,6 @@ import json
 import math
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -673,7 +672,6 @@ def run(args):
         """The same window set at the warm-up point and at the end, whatever the mix freed and created
         in between (random sizes): MAX_WINDOWS windows of the largest size, every byte written; so
         that both RSS readings count the same windows. Verified steps like the others; returns i."""
-        nonlocal verified, wrong, first_wrong
         if not stress.window_specs():
             return i
         for win, _, _ in stress.windows:
@@ -682,14 +680,19 @@ def run(args):
         for op_, spec in stress.window_specs():
             state["step"] = i
             op, v, w, dt = stress.run_spec(i, op_, spec)
-            count[op] += 1
-            verified += v
-            wrong += w
-            if w and first_wrong is None:
-                first_wrong = (i, op, w)
-                print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
+            tally(i, op, v, w)
             i += 1
         return i
+
+    def tally(i, op, v, w):
+        """Count step i's verified and wrong bytes; the first wrong step is reported at once."""
+        nonlocal verified, wrong, first_wrong
+        count[op] += 1
+        verified += v
+        wrong += w
+        if w and first_wrong is None:
+            first_wrong = (i, op, w)
+            print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
 
     # (steps, seconds) of this rank's calls after warm-up, as compact arrays (12 bytes a call, not a
     # tuple of ~100): the statistics of a 30-minute run must not show up as memory growth
@@ -707,12 +710,7 @@ def run(args):
             state["op"] = "?"
             op, v, w, dt = stress.step(i)
             state["op"] = op
-            count[op] += 1
-            verified += v
-            wrong += w
-            if w and first_wrong is None:
-                first_wrong = (i, op, w)
-                print(f"stress: rank {me}: WRONG: step #{i} {op}: {w} wrong byte(s)", file=sys.stderr, flush=True)
+            tally(i, op, v, w)
             if i >= warm_steps:
                 lat[op][0].append(i)
                 lat[op][1].append(dt)

@@ -43,24 +43,33 @@ def command(launcher, nprocs, script, args=()):
 
 def run(launcher, nprocs, script, args=(), env=None, timeout=180):
     """Run ``script`` (in tests/mp/) on ``nprocs`` ranks; returns (returncode, output)."""
+    code, out, _ = run_command(command(launcher, nprocs, script, args), env, timeout)
+    return code, out
+
+
+def run_command(cmd, env=None, timeout=180):
+    """Run a launcher command from the repository root with a clean multiwrite environment (this
+    checkout first on PYTHONPATH, MULTIWRITE_TIMEOUT 60 unless set, no inherited node/mode/transport
+    settings) plus ``env``. Returns (returncode, output, seconds); a run that exceeds ``timeout`` is
+    killed with its whole process group and reported as returncode -999."""
+    import time
     full_env = dict(os.environ)
     full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env["OMP_NUM_THREADS"] = "1"
-    full_env.pop("MULTIWRITE_RANKS_PER_NODE", None)
-    full_env.pop("MULTIWRITE_MODE", None)
-    full_env.pop("MULTIWRITE_TRANSPORT", None)
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+        full_env.pop(k, None)
     full_env.update({k: str(v) for k, v in (env or {}).items()})
-    proc = subprocess.Popen(command(launcher, nprocs, script, args), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True,
-                            text=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+                            start_new_session=True, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        return -999, f"TIMEOUT after {timeout}s\n{out}"
-    return proc.returncode, out
+        return -999, f"TIMEOUT after {timeout}s\n{out}", time.monotonic() - t0
+    return proc.returncode, out, time.monotonic() - t0
 
 
 def check(launcher, nprocs, script, args=(), env=None, timeout=180):

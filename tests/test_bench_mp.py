@@ -3,8 +3,6 @@ nodes (2 x 2), under mpirun and torchrun, small sizes. Every run must produce it
 implementation present and #wrong == 0 everywhere. Each launch has a hard timeout."""
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -29,27 +27,11 @@ def module_command(launcher, nprocs, module, args):
             "--monitor-interval", "0.2", "--module", module, *args]
 
 
-def run_module(launcher, nprocs, module, args, env=None, timeout=120):
-    """(returncode, output, seconds); a launch that exceeds ``timeout`` is killed and reported."""
-    import time
-    full_env = dict(os.environ)
-    full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
-    full_env["PYTHONPATH"] = _launch.ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env["OMP_NUM_THREADS"] = "1"
-    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
-        full_env.pop(k, None)
-    full_env.update({k: str(v) for k, v in (env or {}).items()})
-    t0 = time.monotonic()
-    proc = subprocess.Popen(module_command(launcher, nprocs, module, args), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=full_env, cwd=_launch.ROOT, start_new_session=True,
-                            text=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return -999, f"TIMEOUT after {timeout}s\n{out}", time.monotonic() - t0
-    return proc.returncode, out, time.monotonic() - t0
+def run_module(launcher, nprocs, module, args, env=None, timeout=120, launcher_args=()):
+    """(returncode, output, seconds); ``launcher_args`` go right after the launcher; a launch that
+    exceeds ``timeout`` is killed and reported."""
+    cmd = module_command(launcher, nprocs, module, args)
+    return _launch.run_command(cmd[:1] + list(launcher_args) + cmd[1:], env, timeout)
 
 
 def skip_missing(launcher):

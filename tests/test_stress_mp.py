@@ -4,44 +4,17 @@ the survivors exit with a clear error within the timeout, never hang. Each launc
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _launch  # noqa: E402
-from test_bench_mp import module_command, run_module, skip_missing  # noqa: E402
+from test_bench_mp import run_module, skip_missing  # noqa: E402
 
 EMULATED = {"MULTIWRITE_RANKS_PER_NODE": 2}
 # Open MPI 5 (PRRTE) aborts the whole job when a process dies, unless fault tolerance (ULFM) is on:
 # then the survivors' MPI calls fail with MPI_ERR_PROC_FAILED and each reports it.
 MPIRUN_FT = ["--with-ft", "ulfm"]
-
-
-def run_module_with(launcher, nprocs, module, args, launcher_args=(), env=None, timeout=120):
-    """test_bench_mp.run_module with extra launcher options (placed right after the launcher)."""
-    full_env = dict(os.environ)
-    full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
-    full_env["PYTHONPATH"] = _launch.ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env["OMP_NUM_THREADS"] = "1"
-    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
-        full_env.pop(k, None)
-    full_env.update({k: str(v) for k, v in (env or {}).items()})
-    cmd = module_command(launcher, nprocs, module, args)
-    cmd = cmd[:1] + list(launcher_args) + cmd[1:]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                            cwd=_launch.ROOT, start_new_session=True, text=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return -999, f"TIMEOUT after {timeout}s\n{out}", time.monotonic() - t0
-    return proc.returncode, out, time.monotonic() - t0
 
 
 def test_stress_20s_no_wrong_bytes(tmp_path):
@@ -88,12 +61,12 @@ def test_stress_killed_rank_survivors_fail_clearly(launcher):
     wait for rank 3, or a wait for a survivor stuck there), or a node peer's failure is shared."""
     skip_missing(launcher)
     timeout_s = 10
-    code, out, took = run_module_with(launcher, 4, "multiwrite.stress",
-                                      ["--duration", "60s", "--max-bytes", "64K", "--max-tokens", "32",
-                                       "--max-hidden", "256", "--kill-rank", "3", "--at", "4s",
-                                       "--timeout", str(timeout_s)],
-                                      launcher_args=MPIRUN_FT if launcher == "mpirun" else (),
-                                      env=EMULATED, timeout=90)
+    code, out, took = run_module(launcher, 4, "multiwrite.stress",
+                                 ["--duration", "60s", "--max-bytes", "64K", "--max-tokens", "32",
+                                  "--max-hidden", "256", "--kill-rank", "3", "--at", "4s",
+                                  "--timeout", str(timeout_s)],
+                                 launcher_args=MPIRUN_FT if launcher == "mpirun" else (),
+                                 env=EMULATED, timeout=90)
     assert code not in (0, -999), out[-6000:]
     assert "rank 3: sending myself SIGKILL" in out, out[-6000:]
     assert took < 4 + 2 * timeout_s + 20, f"survivors took {took:.0f}s to exit"
