@@ -150,7 +150,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     aggregated = topo.num_nodes > 1 and node_aggregated(topo, c)
     staging, rnd = g.round_begin(seq, (OP, seq, c, window_id, 0, _SMALL), arrivals=P, wait_first=aggregated)
     staging[r * c:(r + 1) * c] = src
-    g.round_arrived(rnd)
+    g.round_arrived_own(rnd)
     if topo.local_size > 1:
         g.stats.add_intra(c)
     error = None
@@ -242,7 +242,7 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
     # Wait for the chunks of my node (only this rank lands remote chunks, so the counter says it).
     mine = topo.node_ranks[me]
     try:
-        g.round_wait_first(rnd, len(mine), what)
+        g.round_wait_first(rnd, what)
         local_error = g.round_mismatch(rnd, what)
     except MismatchError as exc:     # a local rank took the other (barrier) path
         local_error = exc

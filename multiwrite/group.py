@@ -27,6 +27,7 @@ _ROUND_OFF = _SIG_OFF + 2 * 64 * _MAX_LOCAL
 _ROUND_COUNT = _ROUND_OFF            # u32 per parity (own cache line): chunks landed, monotonic
 _ROUND_ERR = _ROUND_OFF + 128        # u32 per parity: number of the round that failed
 _ROUND_MSG = _ROUND_OFF + 256        # 256 bytes per parity: what failed
+_ROUND_OWN = _ROUND_OFF + 768        # u32 per parity (own cache line): the local ranks' own chunks landed
 _ROUND_SIG = _ROUND_OFF + 1024       # two banks of one 64-byte signature slot per local rank
 _ANNOUNCE = _ROUND_SIG + 2 * 64 * _MAX_LOCAL   # 64 bytes per local rank: (seq, signature) it entered
 _CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
@@ -56,6 +57,7 @@ class Group:
         self._closed = False
         self._rounds = 0
         self._round_target = [0, 0]
+        self._round_own = [0, 0]
         # Control words + the staging area of barrier-free rounds (2 parities; pages are only
         # allocated by the kernel when touched).
         self._ctrl_seg, self._round_seg = shm.create_node_segments(
@@ -180,12 +182,14 @@ class Group:
     # (written by its owner, or by the relay that received it) bumps the round's counter, and each
     # rank waits until the counter says all chunks are there. Rounds alternate between two staging
     # banks: a rank can only start round n+2 after round n+1 completed on its node, which needed every
-    # local rank's own chunk of n+1, written after that rank had finished reading round n.
+    # local rank's own chunk of n+1, written after that rank had finished reading round n. The local
+    # ranks' own chunks are also counted on a word of their own, which only round_wait_first sleeps on:
+    # ranks waiting for the whole round are not woken when the node's own chunks are complete.
     def round_begin(self, seq, signature, arrivals, wait_first=False):
         """Enter the next round. ``signature``: up to 7 ints all local ranks must agree on;
         ``arrivals``: how many chunks land on this node in the round (the same on every local rank);
-        ``wait_first``: a rank will call round_wait_first for the node's own chunks (the arrival that
-        completes them then wakes the waiters; otherwise only the round's last arrival does).
+        ``wait_first``: a rank will call round_wait_first for the node's own chunks (the own-chunk
+        arrival that completes them then wakes it).
         Returns (staging uint8 [ROUND_STAGING_BYTES], round handle)."""
         self._rounds += 1
         parity = self._rounds & 1
@@ -198,27 +202,35 @@ class Group:
         slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
         self.ctrl[slot:slot + 64] = sig.view(np.uint8)
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
-        first = start + self.topo.local_size if wait_first else end
-        return staging, (parity, self._rounds, announced, start, end, first)
+        own_start = self._round_own[parity]
+        self._round_own[parity] += self.topo.local_size
+        return staging, (parity, self._rounds, announced, start, end, wait_first, own_start)
 
-    def round_wait_first(self, handle, count, what):
-        """Wait until the round's first ``count`` chunks have landed (e.g. the node's own chunks, when
-        only the caller lands the others)."""
-        parity, _, announced, start = handle[:4]
-        if not self._wait_word(_ROUND_COUNT + 64 * parity, (start + count) & 0xFFFFFFFF, what, announced):
+    def round_wait_first(self, handle, what):
+        """Wait until the node's own chunks (one per local rank) have landed (round_arrived_own)."""
+        parity, announced, own_start = handle[0], handle[2], handle[6]
+        target = (own_start + self.topo.local_size) & 0xFFFFFFFF
+        if not self._wait_word(_ROUND_OWN + 64 * parity, target, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
                                     f"this node's ranks")
 
+    def round_arrived_own(self, handle):
+        """My own chunk is in the staging area (call after writing it)."""
+        parity, wait_first, own_start = handle[0], handle[5], handle[6]
+        offset = _ROUND_OWN + 64 * parity
+        own = (_core.atomic_add_u32(self.ctrl, offset, 1, False) - own_start) & 0xFFFFFFFF
+        if wait_first and own == self.topo.local_size:
+            _core.futex_wake(self.ctrl, offset)
+        self.round_arrived(handle)
+
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
-        when the count reaches what they wait for (every chunk of the round, or the node's own chunks
-        with ``wait_first``): each wake costs every waiter a context switch, and on a host with more
-        ranks than cores the woken ranks take the CPU from the ones still working."""
-        parity, start, end, first = handle[0], handle[3], handle[4], handle[5]
+        when the round is complete: each wake costs every waiter a context switch, and on a host with
+        more ranks than cores the woken ranks take the CPU from the ones still working."""
+        parity, start, end = handle[0], handle[3], handle[4]
         offset = _ROUND_COUNT + 64 * parity
         landed = (_core.atomic_add_u32(self.ctrl, offset, count, False) - start) & 0xFFFFFFFF
-        before = landed - count
-        if before < end - start <= landed or before < first - start <= landed:
+        if landed - count < end - start <= landed:
             _core.futex_wake(self.ctrl, offset)
 
     def round_failed(self, handle, error):
