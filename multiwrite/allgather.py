@@ -174,20 +174,19 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
 
 
 def _other_nodes(topo):
-    """(node, its leader, bytes of its chunks) of every other node."""
+    """(node, its leader, its number of ranks) of every other node."""
     return [(m, topo.node_ranks[m][0], len(topo.node_ranks[m])) for m in range(topo.num_nodes) if m != topo.node]
 
 
-def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error=None):
+def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error):
     """Post the sends of my node's chunks (all in the staging area) as one packet to every other
     node's leader: one fused message (header + payload) where the transport tolerates receives longer
     than the message, else header then payload. A disagreement inside my node travels as a packet
-    without payload (payload_len 0), which its receivers turn into a MismatchError.
-    Returns (send requests, local error or None)."""
+    without payload (payload_len 0), which its receivers turn into a MismatchError (``local_error``:
+    that disagreement, or None). Returns the send requests."""
     topo = g.topo
     H, mine = _packets.HEADER, topo.node_ranks[topo.node]
     fused = not g.transport.exact_size_recv
-    local_error = local_error or g.round_mismatch(rnd, what)
     payload_len = 0 if local_error else len(mine) * c
     others = _other_nodes(topo)
     outbox = g.private_buffer(f"allgather_small_out{rnd[0]}", len(others) * (H + len(mine) * c))
@@ -211,7 +210,7 @@ def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error
             sends += [g.transport.isend(outbox[i, :H], leader, tag),
                       g.transport.isend(outbox[i, H:H + payload_len], leader, tag)]
     if TRACE is not None: TRACE.append(("sent", _pc()))
-    return sends, local_error
+    return sends
 
 
 def _node_chunks(staging, ranks, c):
@@ -239,15 +238,14 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
                      _packets.PacketRecv(g, box[:H], box[H:], leaders[m], tag, what))
         inboxes.append(box)
 
-    # Wait for the chunks of my node (only this rank lands remote chunks, so the counter says it).
-    mine = topo.node_ranks[me]
+    # Wait for the chunks of my node (they are counted on a word of their own).
     try:
         g.round_wait_first(rnd, what)
         local_error = g.round_mismatch(rnd, what)
     except MismatchError as exc:     # a local rank took the other (barrier) path
         local_error = exc
     if TRACE is not None: TRACE.append(("local_in", _pc()))
-    sends, local_error = _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error)
+    sends = _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error)
 
     error, landed = local_error, 0
     for i, m in enumerate(others):
