@@ -137,31 +137,32 @@ def wait_checked(g, requests, what):
                             f"(sizes differ across ranks?): {exc}") from exc
 
 
-def finish_sends(g, what, sends, error=None):
-    """Wait for the sends; a timeout is raised at once, another failure returned (``error`` passed in
-    wins)."""
+def _first_error(error, step):
+    """Run ``step()``: a timeout is raised at once (the peers time out too), another failure is
+    returned unless ``error`` (an earlier one) is already set."""
     from .errors import MultiwriteTimeout
     try:
-        g.wait_all(sends, what)
+        step()
     except MultiwriteTimeout:
         raise
     except Exception as exc:
         error = error or exc
     return error
+
+
+def finish_sends(g, what, sends, error=None):
+    """Wait for the sends; a timeout is raised at once, another failure returned (``error`` passed in
+    wins)."""
+    return _first_error(error, lambda: g.wait_all(sends, what))
 
 
 def complete(g, what, recvs, sends, check=None, error=None):
     """Finish the packet exchange of one operation: wait for the receives, validate the headers
-    (``check()``), wait for the sends. Returns the first error (``error`` passed in wins), to be shared
-    with the node through ``g.node_sync``; a timeout is raised at once (the peers time out too)."""
-    from .errors import MultiwriteTimeout
-    try:
+    (``check()``), wait for the sends (not after a failed receive). Returns the first error (``error``
+    passed in wins), to be shared with the node through ``g.node_sync``; a timeout is raised at once."""
+    def exchange():
         wait_checked(g, recvs, what)
         if check is not None:
             check()
         g.wait_all(sends, what)
-    except MultiwriteTimeout:
-        raise
-    except Exception as exc:
-        error = error or exc
-    return error
+    return _first_error(error, exchange)

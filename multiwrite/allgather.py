@@ -189,7 +189,7 @@ def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error
     fused = not g.transport.exact_size_recv
     payload_len = 0 if local_error else len(mine) * c
     others = _other_nodes(topo)
-    outbox = g.private_buffer(f"allgather_small_out{rnd[0]}", len(others) * (H + len(mine) * c))
+    outbox = g.private_buffer(f"allgather_small_out{rnd.parity}", len(others) * (H + len(mine) * c))
     outbox = outbox.reshape(len(others), H + len(mine) * c)
     if payload_len:
         pos = H
@@ -225,17 +225,15 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
     land theirs. Returns (the first error, how many chunks landed): the caller counts them as
     arrived, failed or not, so no peer waits for them."""
     topo = g.topo
-    P, H, me = g.size, _packets.HEADER, topo.node
+    P, H = g.size, _packets.HEADER
     fused = not g.transport.exact_size_recv
-    others = [m for m in range(topo.num_nodes) if m != me]
-    leaders = {m: topo.node_ranks[m][0] for m in others}
-    lens = {m: len(topo.node_ranks[m]) * c for m in others}
+    others = _other_nodes(topo)
 
     recvs, inboxes = [], []
-    for i, m in enumerate(others):
-        box = g.private_buffer(f"allgather_small_in{rnd[0]}_{i}", H + lens[m])
-        recvs.append(g.recv(box, leaders[m], tag) if fused else
-                     _packets.PacketRecv(g, box[:H], box[H:], leaders[m], tag, what))
+    for i, (m, leader, size) in enumerate(others):
+        box = g.private_buffer(f"allgather_small_in{rnd.parity}_{i}", H + size * c)
+        recvs.append(g.recv(box, leader, tag) if fused else
+                     _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what))
         inboxes.append(box)
 
     # Wait for the chunks of my node (they are counted on a word of their own).
@@ -248,26 +246,26 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
     sends = _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error)
 
     error, landed = local_error, 0
-    for i, m in enumerate(others):
+    for i, (m, leader, size) in enumerate(others):
+        box = inboxes[i]
         try:
-            box = inboxes[i]
             if TRACE is not None: TRACE.append(("recv_wait", _pc()))
             try:
                 if fused:
                     _packets.wait_checked(g, [recvs[i]], what)
                 else:
                     recvs[i].wait(g.timeout_s, what)
-            except MismatchError:
-                if int(box[32:40].view(np.uint64)[0]) == 0:     # see local_error above
-                    raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
-                                        f"(reported by its leader, rank {leaders[m]})") from None
-                raise
+            except MismatchError:      # Gloo: a payload-less packet shows as a payload length mismatch
+                disagreed = _node_disagreement(box, what, m, leader)
+                if disagreed is None:
+                    raise
+                raise disagreed from None
             if TRACE is not None: TRACE.append(("recv_done", _pc()))
-            if int(box[32:40].view(np.uint64)[0]) == 0:
-                raise MismatchError(f"{what}: the ranks of node {m} called it with different arguments "
-                                    f"(reported by its leader, rank {leaders[m]})")
-            _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leaders[m],
-                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=lens[m])
+            disagreed = _node_disagreement(box, what, m, leader)
+            if disagreed is not None:
+                raise disagreed
+            _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leader,
+                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=size * c)
             pos = H
             for part, _ in _node_chunks(staging, topo.node_ranks[m], c):
                 part[:] = box[pos:pos + part.nbytes]
@@ -277,8 +275,17 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
         except Exception as exc:
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
-        landed += len(topo.node_ranks[m])
+        landed += size
     return _packets.finish_sends(g, what, sends, error), landed
+
+
+def _node_disagreement(box, what, node, leader):
+    """The MismatchError that a payload-less packet in ``box`` stands for (the ranks of ``node``
+    disagreed, see _post_node_packet), or None for a packet with payload."""
+    if int(box[32:40].view(np.uint64)[0]) != 0:
+        return None
+    return MismatchError(f"{what}: the ranks of node {node} called it with different arguments (reported "
+                         f"by its leader, rank {leader})")
 
 
 def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
@@ -290,14 +297,14 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
     remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
     senders = [s for s in range(P) if not topo.same_node(s) and topo.relay_for(s, topo.node) == r]
     if fused:
-        inbox = g.private_buffer(f"allgather_small_rin{rnd[0]}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
+        inbox = g.private_buffer(f"allgather_small_rin{rnd.parity}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
         recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
     else:
         headers_in = _packets.header_buffers(g, "allgather_small_hin", len(senders))
         recvs = [_packets.PacketRecv(g, headers_in[i], staging[s * c:(s + 1) * c], s, tag, what)
                  for i, s in enumerate(senders)]
     sends = []
-    outbox = g.private_buffer(f"allgather_small_rout{rnd[0]}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
+    outbox = g.private_buffer(f"allgather_small_rout{rnd.parity}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
     for i, m in enumerate(remote_nodes):
         d = topo.relay_for(r, m)
         _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,

@@ -396,11 +396,6 @@ def _wait_done(g, what, shared, offset):
                                     f"(died, hangs, or called a different operation)")
 
 
-def pollable_sends(g):
-    """Whether send requests can be polled with test() (MPI; Gloo's complete inside wait())."""
-    return getattr(g.transport, "name", "") != "gloo"
-
-
 def flag_bytes(n):
     """Bytes of ``n`` u32 arrival flags at the start of a node buffer (64-byte aligned)."""
     return (4 * n + 63) // 64 * 64
@@ -429,16 +424,16 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
     spin_until = time.monotonic() + 5e-5
     sleep = 0.0
     relayed = set(relayed)
-    pending_sends = list(sends) if pollable_sends(g) else []
+    # Gloo's requests only complete inside wait(): there, block on one receive whenever no region
+    # could be processed, and leave the sends to finish_sends (MPI requests are polled).
+    pollable = getattr(g.transport, "name", "") != "gloo"
+    pending_sends = list(sends) if pollable else []
 
     def fail(exc):
         nonlocal error
         if error is None:
             error = exc
 
-    # Gloo's receive requests only complete inside wait(): there, block on one receive whenever no
-    # region could be processed (MPI requests are polled).
-    pollable = getattr(g.transport, "name", "") != "gloo"
     while pending_recv or pending:
         progressed = False
         if pending_sends:

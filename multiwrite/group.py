@@ -6,6 +6,7 @@ rank of the group in the same order.
 """
 import atexit
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +40,20 @@ _WAIT_SLICE_S = 0.02                 # how often a waiting rank checks its node 
 _MIN_BUFFER = 1 << 20
 
 
+class RoundHandle(NamedTuple):
+    """One barrier-free round (Group.round_begin): staging bank ``parity``, round ``number``, the
+    (seq, signature) this rank announced, the round counter's value before (``start``) and after
+    (``end``) the round, whether a rank waits for the node's own chunks, and the own-chunk counter's
+    value before the round. Counter values are mod 2**32 like the shared words."""
+    parity: int
+    number: int
+    announced: tuple
+    start: int
+    end: int
+    wait_first: bool
+    own_start: int
+
+
 class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
@@ -57,7 +72,6 @@ class Group:
         self._closed = False
         self._rounds = 0
         self._round_target = [0, 0]
-        self._round_own = [0, 0]
         # Control words + the staging area of barrier-free rounds (2 parities; pages are only
         # allocated by the kernel when touched).
         self._ctrl_seg, self._round_seg = shm.create_node_segments(
@@ -190,7 +204,7 @@ class Group:
         ``arrivals``: how many chunks land on this node in the round (the same on every local rank);
         ``wait_first``: a rank will call round_wait_first for the node's own chunks (the own-chunk
         arrival that completes them then wakes it).
-        Returns (staging uint8 [ROUND_STAGING_BYTES], round handle)."""
+        Returns (staging uint8 [ROUND_STAGING_BYTES], a RoundHandle)."""
         self._rounds += 1
         parity = self._rounds & 1
         start = self._round_target[parity]       # counter value once every earlier round is complete
@@ -202,24 +216,22 @@ class Group:
         slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
         self.ctrl[slot:slot + 64] = sig.view(np.uint8)
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
-        own_start = self._round_own[parity]
-        self._round_own[parity] += self.topo.local_size
-        return staging, (parity, self._rounds, announced, start, end, wait_first, own_start)
+        # every earlier round of this parity added one own chunk per local rank
+        own_start = ((self._rounds - 1) // 2 * self.topo.local_size) & 0xFFFFFFFF
+        return staging, RoundHandle(parity, self._rounds, announced, start, end, wait_first, own_start)
 
     def round_wait_first(self, handle, what):
         """Wait until the node's own chunks (one per local rank) have landed (round_arrived_own)."""
-        parity, announced, own_start = handle[0], handle[2], handle[6]
-        target = (own_start + self.topo.local_size) & 0xFFFFFFFF
-        if not self._wait_word(_ROUND_OWN + 64 * parity, target, what, announced):
+        target = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF
+        if not self._wait_word(_ROUND_OWN + 64 * handle.parity, target, what, handle.announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
                                     f"this node's ranks")
 
     def round_arrived_own(self, handle):
         """My own chunk is in the staging area (call after writing it)."""
-        parity, wait_first, own_start = handle[0], handle[5], handle[6]
-        offset = _ROUND_OWN + 64 * parity
-        own = (_core.atomic_add_u32(self.ctrl, offset, 1, False) - own_start) & 0xFFFFFFFF
-        if wait_first and own == self.topo.local_size:
+        offset = _ROUND_OWN + 64 * handle.parity
+        own = (_core.atomic_add_u32(self.ctrl, offset, 1, False) - handle.own_start) & 0xFFFFFFFF
+        if handle.wait_first and own == self.topo.local_size:
             _core.futex_wake(self.ctrl, offset)
         self.round_arrived(handle)
 
@@ -227,7 +239,7 @@ class Group:
         """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
         when the round is complete: each wake costs every waiter a context switch, and on a host with
         more ranks than cores the woken ranks take the CPU from the ones still working."""
-        parity, start, end = handle[0], handle[3], handle[4]
+        parity, start, end = handle.parity, handle.start, handle.end
         offset = _ROUND_COUNT + 64 * parity
         landed = (_core.atomic_add_u32(self.ctrl, offset, count, False) - start) & 0xFFFFFFFF
         if landed - count < end - start <= landed:
@@ -235,7 +247,7 @@ class Group:
 
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
-        parity, number = handle[:2]
+        parity, number = handle.parity, handle.number
         text = str(error).encode()[:255]
         msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
         msg[:] = 0
@@ -245,8 +257,8 @@ class Group:
     def round_wait(self, handle, what, error=None):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
         local rank's signature differs or a relay on this node recorded a failure."""
-        parity, number, announced, _, end = handle[:5]
-        target = end & 0xFFFFFFFF
+        parity, number, announced = handle.parity, handle.number, handle.announced
+        target = handle.end & 0xFFFFFFFF
         if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
                                     f"chunks (a peer died, hangs, or called a different operation)")
@@ -263,7 +275,7 @@ class Group:
     def round_mismatch(self, handle, what):
         """MismatchError if the local ranks that entered the round disagree on its signature (valid
         once their chunks have landed), else None."""
-        parity, announced = handle[0], handle[2]
+        parity, announced = handle.parity, handle.announced
         n = len(announced[1])
         bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
         sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
