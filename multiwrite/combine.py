@@ -7,13 +7,15 @@ ranks of the node are summed there (C++ core, float32 accumulation, fixed order)
 Unicast mode: one row per (token, destination rank) returns and the source sums over ranks.
 Results are bitwise deterministic from run to run; float32 results of the two modes agree to ~1e-6.
 """
-import numpy as np
-import torch
+import time
 from time import perf_counter as _pc
 
+import numpy as np
+import torch
+
 from . import _core, _dtypes, _packets
-from .dispatch import _FLOAT_DTYPES, _agree
-from .errors import MismatchError
+from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
+from .errors import MismatchError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_COMBINE
@@ -48,11 +50,14 @@ def combine(y, handle, *, group=None):
                   f"{handle.num_recv_tokens} rows to this rank")
     elif y.dtype not in _FLOAT_DTYPES:
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
-    ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", ""))] if status is None else None
-    table = _agree(g, what, status, ints, 2)
+    # The staging layout and the node buffer's size follow from the handle: every rank must pass the
+    # handle of the same dispatch call.
+    ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", "")), handle.seq] \
+        if status is None else None
+    table = _agree(g, what, status, ints, 3)
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     if (table != table[0]).any():
-        raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code): "
+        raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code, dispatch call of the handle): "
                             + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(table)))
     H, dtype = y.shape[1], y.dtype
     rb = H * y.element_size()
@@ -60,26 +65,13 @@ def combine(y, handle, *, group=None):
     T = handle.num_tokens
     y_bytes = y.detach().contiguous().view(torch.uint8).numpy().reshape(-1, rb) if y.numel() else \
         np.zeros((y.shape[0], rb), dtype=np.uint8)
-
-    # 1. Stage this node's rows in shared memory (unicast: only rows from sources on this node).
-    rows = handle.local_recv_rows
-    base = np.zeros(L + 1, dtype=np.int64)
-    np.cumsum(rows, out=base[1:])
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
-    need, mismatch = g.node_agree(what, (OP, seq, rb, window_id, int(unicast)), need_bytes=int(base[-1]) * rb)
-    if mismatch is not None:
-        raise mismatch
-    staging = g.node_buffer("combine", need)
-    own_rows = np.isin(handle.recv_src_rank, topo.local_ranks) if unicast else slice(None)
-    mine = y_bytes[own_rows]
-    staging[base[lr] * rb:base[lr + 1] * rb] = mine.reshape(-1)
-    if L > 1 and len(mine):
-        g.stats.add_intra(mine.nbytes)
-    g.node_barrier(what)
-    if TRACE is not None: TRACE.append(("staged", _pc()))
-    stage = _typed(staging, dtype, int(base[-1]), H)
+    tag = tag_for(OP, seq)
+    ready = (2 * seq) & 0xFFFFFFFF
+    deadline = time.monotonic() + g.timeout_s
 
-    # 2. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
+    # 1. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
+    #    Their receives are posted first, so that a partial can land whenever it is sent.
     if unicast:
         units = [("node", node, handle.node_tokens[handle.node_offsets[node]:handle.node_offsets[node + 1]])]
         units += [("rank", d, handle.rank_tokens[handle.rank_offsets[d]:handle.rank_offsets[d + 1]])
@@ -91,61 +83,156 @@ def combine(y, handle, *, group=None):
     np.cumsum([len(u[2]) for u in units], out=offs[1:])
     partial_bytes = g.private_buffer("combine_partials", int(offs[-1]) * rb)
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
-    tag = tag_for(OP, seq)
-    headers_in = _packets.header_buffers(g, "combine_hin", len(units))
-    recvs, checks = [], []
+    headers_in = _packets.header_buffers(g, "combine_hin", len(units) * _MAX_PIECES)
+    recvs, checks, own_unit = [], [], None
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
             continue
         if kind == "node" and who == node:
-            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[u]:offs[u + 1]])
+            own_unit = u
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
-        recvs.append(_packets.PacketRecv(g, headers_in[u], partial_bytes[offs[u] * rb:offs[u + 1] * rb], src, tag, what))
-        checks.append((u, src, int(len(tokens)) * rb))
-
-    # 3. Send back what I owe: node partials of the remote sources I relay (MultiWrite), or my own
-    #    rows of every remote source (unicast, rows from one source are contiguous in y).
-    sends, out_parts = [], []
+        cuts = _pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
+        for i in range(len(cuts) - 1):
+            a, b = offs[u] + cuts[i], offs[u] + cuts[i + 1]
+            h = u * _MAX_PIECES + i
+            recvs.append(_packets.PacketRecv(g, headers_in[h], partial_bytes[a * rb:b * rb], src, tag, what))
+            checks.append((h, src, int(b - a) * rb, int(len(tokens)) * rb, int(cuts[i]) * rb))
+    start = np.zeros(P + 1, dtype=np.int64)     # rows of y from each source (y is in source order)
+    np.cumsum(handle.recv_counts, out=start[1:])
+    sends = []
+    headers_out = _packets.header_buffers(g, "combine_hout", P * _MAX_PIECES)
     if unicast:
-        start = np.zeros(P + 1, dtype=np.int64)
-        np.cumsum(handle.recv_counts, out=start[1:])
+        # Rows of remote sources go back as they are, straight from y.
         for s in range(P):
             if topo.node_of[s] != node and handle.recv_counts[s]:
-                out_parts.append((s, y_bytes[start[s]:start[s + 1]].reshape(-1)))
-    else:
-        total = sum(len(ix) for s, ix in handle.reduce_index.items() if s != g.rank)
-        send_bytes = g.private_buffer("combine_send", total * rb)
+                sends += _packets.send(g, headers_out[s * _MAX_PIECES], y_bytes[start[s]:start[s + 1]].reshape(-1), s, tag,
+                                       window_id=window_id, seq=seq, dest_bitmap=1 << topo.local_rank_of[s])
+
+    # 2. Stage this node's rows in shared memory, source by source (unicast: only sources on this
+    #    node), each local rank's rows stacked in local-rank order. A (source, local rank) flag turns
+    #    ready when that rank has staged its rows of that source, so the rank that sums a source's node
+    #    partial starts as soon as that source is complete: remote sources first, whose partials cross
+    #    the network. A done word per local rank says it finished reading the staging area (the next
+    #    combine waits for all of them instead of a node barrier).
+    rows = handle.local_recv_rows
+    base = np.zeros(L + 1, dtype=np.int64)
+    np.cumsum(rows, out=base[1:])
+    fbytes = flag_bytes(P * L + L)
+    shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)   # same size on every local rank
+    staging = shared[fbytes:]
+    stage = _typed(staging, dtype, int(base[-1]), H)
+    _wait_done(g, what, shared, 4 * P * L)
+    try:
+        local = [s for s in range(P) if topo.node_of[s] == node]
+        order = local if unicast else [s for s in range(P) if topo.node_of[s] != node] + local
+        staged_rows = np.zeros(P, dtype=np.int64)
+        staged_rows[order] = handle.recv_counts[order]
+        at = np.zeros(P + 1, dtype=np.int64)           # row of each source in my block, in source order
+        np.cumsum(staged_rows, out=at[1:])
+        at += base[lr]
+        try:
+            for s in order:
+                staging[at[s] * rb:at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
+                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+        except BaseException:
+            for s in range(P):
+                _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
+            raise
+        for s in range(P):
+            if s not in order:
+                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+        if L > 1 and at[-1] > base[lr]:
+            g.stats.add_intra(int(at[-1] - base[lr]) * rb)
+        if TRACE is not None: TRACE.append(("staged", _pc()))
+
+        # 3. Node partials: of the remote sources this rank relays (MultiWrite; sent back in pieces,
+        #    each as soon as it is summed, so the link starts early), then of this rank's own tokens.
+        send_bytes = g.private_buffer("combine_send", rb * sum(
+            len(ix) for s, ix in handle.reduce_index.items() if s != g.rank))
         pos = 0
         for s, ix in sorted(handle.reduce_index.items()):
             if s == g.rank:
                 continue
-            part = send_bytes[pos * rb:(pos + len(ix)) * rb]
-            _core.gather_reduce(stage, ix, _typed(part, dtype, len(ix), H))
+            _wait_staged(g, what, shared, s, ready, deadline, sends)
+            cuts = _pieces(g, len(ix), rb)
+            for i in range(len(cuts) - 1):
+                a, b = cuts[i], cuts[i + 1]
+                part = send_bytes[(pos + a) * rb:(pos + b) * rb]
+                _core.gather_reduce(stage, ix[a:b], _typed(part, dtype, b - a, H))
+                sends += _packets.send(g, headers_out[s * _MAX_PIECES + i], part, s, tag, window_id=window_id,
+                                       seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
             pos += len(ix)
-            out_parts.append((s, part))
-    if TRACE is not None: TRACE.append(("reduced", _pc()))
-    headers_out = _packets.header_buffers(g, "combine_hout", len(out_parts))
-    for i, (s, part) in enumerate(out_parts):
-        sends += _packets.send(g, headers_out[i], part, s, tag, window_id=window_id, seq=seq,
-                               dest_bitmap=1 << topo.local_rank_of[s])
+        if TRACE is not None: TRACE.append(("sent", _pc()))
+        if own_unit is not None:
+            _wait_staged(g, what, shared, g.rank, ready, deadline, sends)
+            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
+        if TRACE is not None: TRACE.append(("reduced", _pc()))
+    finally:
+        _core.atomic_store_u32(shared, 4 * (P * L + lr), ready)
 
     def check_headers():
-        for u, src, nbytes in checks:
-            _packets.check(headers_in[u], what=what, window_id=window_id, seq=seq, src_rank=src,
-                           window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+        for h, src, nbytes, unit_bytes, offset in checks:
+            info = _packets.check(headers_in[h], what=what, window_id=window_id, seq=seq, src_rank=src,
+                                  window_size=unit_bytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+            if info["offset"] != offset:
+                raise MismatchError(f"{what}: rank {src} sent a piece at offset {info['offset']}, this rank "
+                                    f"expects offset {offset}")
 
-    if TRACE is not None: TRACE.append(("sent", _pc()))
+    # The output and the final sum's index are made while the partials are still on the wire (a
+    # fresh page costs a fault: touch them now).
+    index = np.full((T, max(len(units), 1)), -1, dtype=np.int64)
+    for u, (_, _, tokens) in enumerate(units):
+        index[tokens, u] = offs[u] + np.arange(len(tokens), dtype=np.int64)
+    out = empty_tensor((T, H), dtype)
+    out_np = out.view(torch.uint8).numpy().reshape(-1)
+    out_np[::4096] = 0
+
     error = _packets.complete(g, what, recvs, sends, check_headers)
     if TRACE is not None: TRACE.append(("exchanged", _pc()))
     if error is not None:
         raise error
 
     # 4. Sum the partials of every token across units, in unit order (deterministic).
-    index = np.full((T, max(len(units), 1)), -1, dtype=np.int64)
-    for u, (_, _, tokens) in enumerate(units):
-        index[tokens, u] = offs[u] + np.arange(len(tokens), dtype=np.int64)
-    out = torch.empty((T, H), dtype=dtype)
-    out_np = out.view(torch.uint8).numpy().reshape(-1)
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
+
+
+_PIECE_BYTES = 512 << 10
+_MAX_PIECES = 8
+
+
+def _pieces(g, rows, row_bytes):
+    """Row cuts [0, ..., rows] of a node partial sent in pieces of ~512 KiB (at most 8); both sides
+    derive the same cuts from the row count. One piece on a transport that needs exact-size receives
+    (Gloo: the receive of a piece's payload is posted after its header, so two pieces of one
+    source could not be in flight on the same tag)."""
+    if g.transport.exact_size_recv:
+        return [0, rows]
+    n = min(_MAX_PIECES, max(1, -(-rows * row_bytes // _PIECE_BYTES)))
+    return [rows * i // n for i in range(n + 1)]
+
+
+def _wait_staged(g, what, shared, s, ready, deadline, sends):
+    """Wait until every local rank has staged its rows of source ``s`` (its flag reaches ``ready``;
+    ``ready + 1``: that rank failed). Pending MPI sends are polled meanwhile: a large message moves
+    only while its sender calls into MPI."""
+    L = g.topo.local_size
+    pollable = getattr(g.transport, "name", "") != "gloo"
+    pending = [q for q in sends if not q.test()] if pollable else []
+    for j in range(L):
+        offset = 4 * (s * L + j)
+        while True:
+            flag = _core.atomic_load_u32(shared, offset)
+            if flag == (ready + 1) & 0xFFFFFFFF:
+                raise MismatchError(f"{what}: rank {g.topo.local_ranks[j]} of this node failed while staging its rows")
+            if flag >= ready:
+                break
+            now = time.monotonic()
+            if now > deadline:
+                raise MultiwriteTimeout(
+                    f"{what}: timed out after {g.timeout_s:g}s waiting for rank {g.topo.local_ranks[j]} of this "
+                    f"node to stage its rows (died, hangs, or called a different operation)")
+            if pending:
+                pending = [q for q in pending if not q.test()]
+            _core.wait_u32_ge(shared, offset, ready, 5e-5 if pending else min(deadline - now, 0.05))

@@ -64,6 +64,7 @@ class DispatchHandle:
     recv_topk_idx: Optional[torch.Tensor] = None
     recv_topk_weights: Optional[torch.Tensor] = None
     num_recv_tokens_per_expert: Optional[List[int]] = None
+    seq: int = -1                    # the dispatch call that made the layout (same on every rank)
 
     @property
     def num_recv_tokens(self):
@@ -369,7 +370,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
             rank_tokens=rank_tokens, node_counts=node_counts, rank_counts=rank_counts, recv_counts=recv_counts,
             recv_src_rank=src_rank, recv_src_token=src_token, local_recv_rows=local_rows,
             reduce_index=reduce_index, recv_topk_idx=recv_idx, recv_topk_weights=recv_w,
-            num_recv_tokens_per_expert=per_expert)
+            num_recv_tokens_per_expert=per_expert, seq=seq)
     return recv_x, recv_idx, recv_w, per_expert, new
 
 
