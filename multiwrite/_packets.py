@@ -106,6 +106,67 @@ class PacketRecv:
         return self.payload_req.test()
 
 
+PIECE_BYTES = 512 << 10
+MAX_PIECES = 8
+
+
+def pieces(g, rows, row_bytes):
+    """Cuts [0, ..., rows] of ``rows`` rows (records) of ``row_bytes`` sent as pieces of ~512 KiB (at
+    most 8), each its own packet on the same tag, so that the receiver can use the first pieces while
+    the rest is on the wire. Both sides derive the same cuts from the row count. One piece on a
+    transport that needs exact-size receives (Gloo: a payload's receive is posted after its header,
+    so two pieces from one source could not be in flight on the same tag)."""
+    if g.transport.exact_size_recv:
+        return [0, rows]
+    n = min(MAX_PIECES, max(1, -(-rows * row_bytes // PIECE_BYTES)))
+    return [rows * i // n for i in range(n + 1)]
+
+
+class PieceSender:
+    """Sends the pieces of packets with at most ``window`` pieces in flight per destination.
+
+    Open MPI moves concurrent large messages to one peer fragment by fragment in turn, so pieces posted
+    all at once would all land at the end; posted a few at a time, they land one after the other and
+    the receiver can use the first ones early. ``add(dst, post)`` queues a piece (``post()`` sends it
+    and returns its requests); ``pump()`` posts what the window allows and must be called while
+    waiting; ``requests`` are the requests posted so far; ``finish()`` posts and waits for the rest.
+    """
+
+    def __init__(self, g, window=1):
+        from collections import deque
+        self.g, self.window, self.requests = g, window, []
+        self._queued, self._in_flight = {}, {}
+        self._deque = deque
+
+    def add(self, dst, post):
+        self._queued.setdefault(dst, self._deque()).append(post)
+        self._in_flight.setdefault(dst, [])
+        self.pump()
+
+    def pump(self):
+        """Post queued pieces where fewer than ``window`` are in flight. Returns True while any piece
+        is queued or in flight."""
+        busy = False
+        for dst, queue in self._queued.items():
+            flying = [reqs for reqs in self._in_flight[dst] if not all(q.test() for q in reqs)]
+            while queue and len(flying) < self.window:
+                reqs = queue.popleft()()
+                flying.append(reqs)
+                self.requests += reqs
+            self._in_flight[dst] = flying
+            busy = busy or bool(flying)
+        return busy
+
+    def finish(self, what):
+        """Post every queued piece (waiting for pieces in flight to make room) and wait for all."""
+        while any(self._queued.values()):
+            for dst, queue in self._queued.items():
+                if queue and len(self._in_flight[dst]) >= self.window:
+                    self.g.wait_all(self._in_flight[dst][0], what)
+            self.pump()
+        self.g.wait_all(self.requests, what)
+
+
 def header_buffers(group, name, count):
     """``count`` reusable 64-byte header buffers (rows of a private array)."""
     return group.private_buffer(name, max(count, 1) * HEADER).reshape(-1, HEADER)
@@ -151,8 +212,10 @@ def _first_error(error, step):
 
 
 def finish_sends(g, what, sends, error=None):
-    """Wait for the sends; a timeout is raised at once, another failure returned (``error`` passed in
-    wins)."""
+    """Wait for the sends (requests, or a PieceSender: its queued pieces are posted first); a timeout
+    is raised at once, another failure returned (``error`` passed in wins)."""
+    if isinstance(sends, PieceSender):
+        return _first_error(error, lambda: sends.finish(what))
     return _first_error(error, lambda: g.wait_all(sends, what))
 
 

@@ -83,7 +83,7 @@ def combine(y, handle, *, group=None):
     np.cumsum([len(u[2]) for u in units], out=offs[1:])
     partial_bytes = g.private_buffer("combine_partials", int(offs[-1]) * rb)
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
-    headers_in = _packets.header_buffers(g, "combine_hin", len(units) * _MAX_PIECES)
+    headers_in = _packets.header_buffers(g, "combine_hin", len(units) * _packets.MAX_PIECES)
     recvs, checks, own_unit = [], [], None
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
@@ -92,21 +92,22 @@ def combine(y, handle, *, group=None):
             own_unit = u
             continue
         src = topo.relay_for(g.rank, who) if kind == "node" else who
-        cuts = _pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
+        cuts = _packets.pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
         for i in range(len(cuts) - 1):
             a, b = offs[u] + cuts[i], offs[u] + cuts[i + 1]
-            h = u * _MAX_PIECES + i
+            h = u * _packets.MAX_PIECES + i
             recvs.append(_packets.PacketRecv(g, headers_in[h], partial_bytes[a * rb:b * rb], src, tag, what))
             checks.append((h, src, int(b - a) * rb, int(len(tokens)) * rb, int(cuts[i]) * rb))
     start = np.zeros(P + 1, dtype=np.int64)     # rows of y from each source (y is in source order)
     np.cumsum(handle.recv_counts, out=start[1:])
     sends = []
-    headers_out = _packets.header_buffers(g, "combine_hout", P * _MAX_PIECES)
+    per = _packets.MAX_PIECES
+    headers_out = _packets.header_buffers(g, "combine_hout", P * per)
     if unicast:
         # Rows of remote sources go back as they are, straight from y.
         for s in range(P):
             if topo.node_of[s] != node and handle.recv_counts[s]:
-                sends += _packets.send(g, headers_out[s * _MAX_PIECES], y_bytes[start[s]:start[s + 1]].reshape(-1), s, tag,
+                sends += _packets.send(g, headers_out[s * per], y_bytes[start[s]:start[s + 1]].reshape(-1), s, tag,
                                        window_id=window_id, seq=seq, dest_bitmap=1 << topo.local_rank_of[s])
 
     # 2. Stage this node's rows in shared memory, source by source (unicast: only sources on this
@@ -155,12 +156,12 @@ def combine(y, handle, *, group=None):
             if s == g.rank:
                 continue
             _wait_staged(g, what, shared, s, ready, deadline, sends)
-            cuts = _pieces(g, len(ix), rb)
+            cuts = _packets.pieces(g, len(ix), rb)
             for i in range(len(cuts) - 1):
                 a, b = cuts[i], cuts[i + 1]
                 part = send_bytes[(pos + a) * rb:(pos + b) * rb]
                 _core.gather_reduce(stage, ix[a:b], _typed(part, dtype, b - a, H))
-                sends += _packets.send(g, headers_out[s * _MAX_PIECES + i], part, s, tag, window_id=window_id,
+                sends += _packets.send(g, headers_out[s * per + i], part, s, tag, window_id=window_id,
                                        seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
             pos += len(ix)
         if TRACE is not None: TRACE.append(("sent", _pc()))
@@ -196,21 +197,6 @@ def combine(y, handle, *, group=None):
     # 4. Sum the partials of every token across units, in unit order (deterministic).
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
-
-
-_PIECE_BYTES = 512 << 10
-_MAX_PIECES = 8
-
-
-def _pieces(g, rows, row_bytes):
-    """Row cuts [0, ..., rows] of a node partial sent in pieces of ~512 KiB (at most 8); both sides
-    derive the same cuts from the row count. One piece on a transport that needs exact-size receives
-    (Gloo: the receive of a piece's payload is posted after its header, so two pieces of one
-    source could not be in flight on the same tag)."""
-    if g.transport.exact_size_recv:
-        return [0, rows]
-    n = min(_MAX_PIECES, max(1, -(-rows * row_bytes // _PIECE_BYTES)))
-    return [rows * i // n for i in range(n + 1)]
 
 
 def _wait_staged(g, what, shared, s, ready, deadline, sends):

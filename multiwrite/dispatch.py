@@ -13,6 +13,7 @@ straight into that shared buffer.
 Unicast mode: one copy per destination rank (per-rank deduplication, the best flat scheme); results
 are identical.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -225,7 +226,6 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
 
     # Remote nodes (or ranks) first, before touching the node buffer, so the link starts early: pack
     # into a private send buffer and send.
-    sends = []
     if unicast:
         units = [(d, rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
                   np.full(int(rank_counts[g.rank, d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
@@ -236,25 +236,36 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
                  for m in range(N) if m != node and node_counts[g.rank, m]]
     total = sum(len(u[1]) for u in units) * rec
     send_buf = g.private_buffer("dispatch_send", total)
-    headers_out = _packets.header_buffers(g, "dispatch_hout", len(units))
-    pos = 0
-    for i, (dst, tokens, bitmaps) in enumerate(units):
-        nbytes = len(tokens) * rec
-        part = send_buf[pos:pos + nbytes]
-        pos += nbytes
+    per = _packets.MAX_PIECES
+    headers_out = _packets.header_buffers(g, "dispatch_hout", len(units) * per)
+    sends = _packets.PieceSender(g)
+
+    def post(header, part, dst, tokens, bitmaps, offset):
+        # packed when posted: the first piece leaves as soon as it is packed
         _core.pack_records(x_bytes, idx_np, w_np, tokens, bitmaps, part)
         bitmap_all = int(np.bitwise_or.reduce(bitmaps)) if len(bitmaps) else 0
-        sends += _packets.send(g, headers_out[i], part, dst, tag, window_id=window_id, seq=seq,
-                               dest_bitmap=bitmap_all)
+        return _packets.send(g, header, part, dst, tag, window_id=window_id, seq=seq, dest_bitmap=bitmap_all,
+                             offset=offset)
 
-    # Node buffer: u32 arrival flags (one per source rank) and "done" words (one per local rank), then
-    # the records. A source's flag turns ready when its records are complete in the buffer (packed by
-    # a local source, or received and checked by this node's relay), so every rank unpacks each source
-    # as soon as it is there. Its size follows from the global count table (equal on every local rank,
-    # so all grow it together); instead of a node barrier, a rank only waits until every local rank has
-    # finished reading the buffer in the previous dispatch (its done word) before writing into it.
+    pos = 0
+    for u, (dst, tokens, bitmaps) in enumerate(units):
+        unit_buf = send_buf[pos:pos + len(tokens) * rec]
+        pos += len(tokens) * rec
+        cuts = _packets.pieces(g, len(tokens), rec)
+        for i in range(len(cuts) - 1):
+            a, b = cuts[i], cuts[i + 1]
+            sends.add(dst, functools.partial(post, headers_out[u * per + i], unit_buf[a * rec:b * rec], dst,
+                                             tokens[a:b], bitmaps[a:b], a * rec))
+
+    # Node buffer: u32 arrival words (one per source rank) and "done" words (one per local rank), then
+    # the records. A source's arrival word counts the pieces of its records that are complete in the
+    # buffer (packed by a local source, or received and checked by this node's relay), so every rank
+    # unpacks each piece as soon as it is there. Its size follows from the global count table (equal
+    # on every local rank, so all grow it together); instead of a node barrier, a rank only waits until
+    # every local rank has finished reading the buffer in the previous dispatch (its done word) before
+    # writing into it.
     if TRACE is not None: TRACE.append(("sends_posted", _pc()))
-    fbytes = flag_bytes(P + L)
+    fbytes = flag_bytes(P + L + 1)
     need = fbytes + int(node_off[-1])
     shared = g.node_buffer("dispatch_recv", need)
     node_buf = shared[fbytes:]
@@ -269,9 +280,17 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
                    node_buf, node_off, node_in, node_counts, rank_counts, local_src, sends, x, x_bytes, idx_np,
                    w_np, k, row_bytes, num_experts, node_offsets, node_tokens, node_bitmaps, rank_offsets,
                    rank_tokens, topk_idx, topk_weights, cached, handle, mode, T, **_):
-    recvs = {}                       # source -> packet receive (the packets this rank receives)
-    headers_in = _packets.header_buffers(g, "dispatch_hin", P)
+    recvs = {}                       # source -> receives of its pieces (the packets this rank receives)
+    per = _packets.MAX_PIECES
+    headers_in = _packets.header_buffers(g, "dispatch_hin", P * per)
     remote = [s for s in range(P) if topo.node_of[s] != node]
+    base = _arrival_base(seq)
+
+    def receive(s, buf, records):
+        cuts = _packets.pieces(g, records, rec)
+        recvs[s] = [_packets.PacketRecv(g, headers_in[s * per + i], buf[cuts[i] * rec:cuts[i + 1] * rec], s, tag,
+                                        what) for i in range(len(cuts) - 1)]
+
     if unicast:
         uni_in = rank_counts[:, g.rank] * rec
         uni_in[local_src] = 0
@@ -280,29 +299,32 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
         uni_buf = g.private_buffer("dispatch_unicast_recv", int(uni_off[-1]))
         for s in remote:
             if rank_counts[s, g.rank]:
-                recvs[s] = _packets.PacketRecv(g, headers_in[s], uni_buf[uni_off[s]:uni_off[s + 1]], s, tag, what)
+                receive(s, uni_buf[uni_off[s]:uni_off[s + 1]], int(rank_counts[s, g.rank]))
     else:
         for s in remote:
             if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
-                recvs[s] = _packets.PacketRecv(g, headers_in[s], node_buf[node_off[s]:node_off[s + 1]], s, tag, what)
+                receive(s, node_buf[node_off[s]:node_off[s + 1]], int(node_counts[s, node]))
 
-    # Own node: straight into shared memory, then flag it.
+    # Own node: straight into shared memory (one piece), then flag it.
     mine = slice(node_offsets[node], node_offsets[node + 1])
     if node_counts[g.rank, node]:
         _core.pack_records(x_bytes, idx_np, w_np, node_tokens[mine], node_bitmaps[mine],
                            node_buf[node_off[g.rank]:node_off[g.rank + 1]])
         g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
-    _core.atomic_store_u32(shared, 4 * g.rank, ready)
+    _publish(shared, g.rank, base + 1, P + L)
     if TRACE is not None: TRACE.append(("own_packed", _pc()))
 
-    # Unpack my rows from every source's region as it arrives (rows from source s go to a range known
-    # from the count table), while receiving and checking the packets this rank relays.
+    # Unpack my rows from every source's region, piece by piece as it arrives (rows from source s go
+    # to a range known from the count table), while receiving and checking the packets this rank
+    # relays. Pieces: remote sources' records as they were sent, a local source's in one.
     regions = []
     for s in range(P):
         if node_in[s]:
             regions.append((s, node_buf[node_off[s]:node_off[s + 1]]))
         elif unicast and s in remote and rank_counts[s, g.rank]:
             regions.append((s, uni_buf[uni_off[s]:uni_off[s + 1]]))
+    cuts_of = {s: (_packets.pieces(g, len(buf) // rec, rec) if s in remote else [0, len(buf) // rec])
+               for s, buf in regions}
     recv_counts = np.ascontiguousarray(rank_counts[:, g.rank]).copy()
     has_region = {s for s, _ in regions}
     recv_counts[[s for s in range(P) if s not in has_region]] = 0
@@ -319,26 +341,38 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
     experts_per_rank = num_experts // P
     lo = g.rank * experts_per_rank
     fan = {}
+    cursor = row_start[:-1].copy()          # next row of each source's range
 
-    def unpack(s, buf):
-        a, b = int(row_start[s]), int(row_start[s + 1])
-        counts = _core.fanout_counts(buf, row_bytes, k, L)
-        if int(counts[lr]) != b - a:
-            raise MismatchError(f"{what}: rank {s} sent {int(counts[lr])} rows for rank {g.rank}, the count "
-                                f"table says {b - a}")
-        n = _core.unpack_records(buf, row_bytes, k, lr, lo, lo + experts_per_rank, rx[a:b], src_token[a:b],
+    def unpack(s, i, buf):
+        piece = buf[cuts_of[s][i] * rec:cuts_of[s][i + 1] * rec]
+        counts = _core.fanout_counts(piece, row_bytes, k, L)
+        a = int(cursor[s])
+        b = a + int(counts[lr])
+        if b > row_start[s + 1]:
+            raise MismatchError(f"{what}: rank {s} sent more rows for rank {g.rank} than the count table's "
+                                f"{int(recv_counts[s])}")
+        n = _core.unpack_records(piece, row_bytes, k, lr, lo, lo + experts_per_rank, rx[a:b], src_token[a:b],
                                  ri[a:b], rw[a:b], 0)
         assert n == b - a
-        fan[s] = counts
+        cursor[s] = b
+        fan[s] = fan[s] + counts if s in fan else counts
 
-    def check(s):
-        nbytes = int(recvs[s].payload.nbytes)
-        _packets.check(headers_in[s], what=what, window_id=window_id, seq=seq, src_rank=s,
-                       window_size=nbytes, num_local_ranks=topo.local_size, payload_len=nbytes)
+    def check(s, i):
+        piece = recvs[s][i].payload
+        window = int(cuts_of[s][-1]) * rec
+        info = _packets.check(headers_in[s * per + i], what=what, window_id=window_id, seq=seq, src_rank=s,
+                              window_size=window, num_local_ranks=topo.local_size, payload_len=int(piece.nbytes))
+        if info["offset"] != cuts_of[s][i] * rec:
+            raise MismatchError(f"{what}: rank {s} sent a piece at offset {info['offset']}, this rank expects "
+                                f"{cuts_of[s][i] * rec}")
 
     relayed = [] if unicast else list(recvs)
-    error = _exchange(g, what, shared, ready, regions, recvs, check, unpack, relayed, sends)
+    error = _exchange(g, what, shared, 4 * (P + L), base, regions, cuts_of, recvs, check, unpack, relayed, sends)
     if TRACE is not None: TRACE.append(("exchanged", _pc()))
+    if error is None:
+        short = [s for s, _ in regions if cursor[s] != row_start[s + 1]]
+        if short:
+            error = MismatchError(f"{what}: rank(s) {short} sent fewer rows for rank {g.rank} than the count table")
     error = _packets.finish_sends(g, what, sends, error)
     if error is not None:
         raise error
@@ -402,97 +436,126 @@ def flag_bytes(n):
     return (4 * n + 63) // 64 * 64
 
 
-def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, sends=()):
-    """Drive the receives of this rank and process regions in any order as they become complete.
+_FAILED = 15                 # an arrival word at base + _FAILED: the rank that fills the region failed
 
-    regions: [(source, buf)]. recvs: source -> packet receive of this rank (its region is ready when
-    the receive completes and ``check(source)`` passes). Regions without a receive here are ready when
-    their flag (u32 at ``4 * source`` of ``shared``) reaches ``ready``; ``ready + 1`` means the rank
-    that fills it failed. For sources in ``relayed`` this rank publishes the flag (ready or failed).
-    Every receive of this rank completes before returning (or a timeout is raised, after flagging the
-    relayed regions as failed); returns the first error (or None). ``sends``: this rank's pending
-    sends, polled along the way (MPI moves a large message only while its sender calls into MPI: a
-    rank that only slept on node flags would stall the relay waiting for its packet).
+
+def _arrival_base(seq):
+    """Arrival words of dispatch call ``seq`` hold base + pieces landed (or base + _FAILED). Bases of
+    consecutive calls are 16 apart, so a word left by an earlier call reads as nothing landed."""
+    return (16 * seq) & 0xFFFFFFFF
+
+
+def _arrived(word, base):
+    """Pieces landed according to an arrival word; -1 if its region failed."""
+    d = (int(word) - base) & 0xFFFFFFFF
+    return -1 if d == _FAILED else d if d < 16 else 0
+
+
+def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, process, relayed, sends=None):
+    """Drive the receives of this rank and process the pieces of every region as they become complete.
+
+    regions: [(source, buf)]; cuts_of: source -> record cuts of its pieces. recvs: source -> the
+    receives of its pieces at this rank (a piece is complete when its receive completes and
+    ``check(source, i)`` passes). Other regions' pieces are complete as far as their arrival word (u32
+    at ``4 * source`` of ``shared``, see _arrived) says; for sources in ``relayed`` this rank publishes
+    that word and rings the bell (u32 at ``bell``: counts every publication, the one word a waiting
+    rank sleeps on). ``process(source, i, buf)`` runs for every piece, in order. Every receive of this rank
+    completes before returning (or a timeout is raised, after flagging the relayed regions as failed);
+    returns the first error (or None). ``sends``: this rank's PieceSender, pumped along the way (MPI
+    moves a large message only while its sender calls into MPI: a rank that only slept on node words
+    would stall the relay waiting for its packet; and queued pieces are posted as room frees up).
     """
     import time
     from .errors import MultiwriteError, MultiwriteTimeout
     topo = g.topo
     error = None
-    pending_recv = dict(recvs)
-    pending = [(s, buf) for s, buf in regions]
-    done_recv = set()
+    bufs = dict(regions)
+    done = {s: 0 for s in bufs}                 # pieces processed
+    landed = {s: 0 for s in recvs}              # pieces received and checked here
+    pending = list(bufs)
+    pending_recv = [s for s in recvs if recvs[s]]
+    broken = set()
     deadline = time.monotonic() + g.timeout_s
     spin_until = time.monotonic() + 5e-5
     sleep = 0.0
     relayed = set(relayed)
-    # Gloo's requests only complete inside wait(): there, block on one receive whenever no region
-    # could be processed, and leave the sends to finish_sends (MPI requests are polled).
+    # Gloo's requests only complete inside wait(): there, block on one receive whenever no piece could
+    # be processed, and leave the sends to finish_sends (MPI requests are polled).
     pollable = getattr(g.transport, "name", "") != "gloo"
-    pending_sends = list(sends) if pollable else []
+    sending = pollable and sends is not None
 
     def fail(exc):
         nonlocal error
         if error is None:
             error = exc
 
+    def give_up():
+        for r in relayed:
+            if landed[r] < len(recvs[r]):
+                _publish(shared, r, base + _FAILED, bell // 4)
+
     while pending_recv or pending:
         progressed = False
-        if pending_sends:
+        rung = _core.atomic_load_u32(shared, bell)
+        if sending:
             try:
-                pending_sends = [q for q in pending_sends if not q.test()]
+                sending = sends.pump()
             except Exception:        # reported by _packets.finish_sends, which waits for them again
-                pending_sends = []
+                sending = False
         still = []
-        for s, buf in pending:
+        for s in pending:
             if s in recvs:
-                if s in pending_recv:
-                    still.append((s, buf))
-                    continue
-                ok = s in done_recv
+                avail = -1 if s in broken else landed[s]
             else:
-                flag = _core.atomic_load_u32(shared, 4 * s)
-                if flag < ready:
-                    still.append((s, buf))
-                    continue
-                ok = flag == ready
-                if not ok:
+                avail = _arrived(_core.atomic_load_u32(shared, 4 * s), base)
+                if avail < 0:
                     fail(MismatchError(f"{what}: rank {topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s}"
                                        f" of this node failed to deliver the records of rank {s}"))
-            progressed = True
-            if ok and error is None:
-                try:
-                    process(s, buf)
-                except Exception as exc:
-                    fail(exc)
+            if avail < 0:
+                progressed = True
+                continue
+            while done[s] < avail:
+                if error is None:
+                    try:
+                        process(s, done[s], bufs[s])
+                    except Exception as exc:
+                        fail(exc)
+                done[s] += 1
+                progressed = True
+            if done[s] < len(cuts_of[s]) - 1:
+                still.append(s)
         pending = still
         for s in list(pending_recv):
+            i = landed[s]
             try:
                 if pollable:
-                    if not pending_recv[s].test(max(deadline - time.monotonic(), 1e-3), what):
+                    if not recvs[s][i].test(max(deadline - time.monotonic(), 1e-3), what):
                         continue
                 elif progressed:
                     break
-                pending_recv.pop(s).wait(max(deadline - time.monotonic(), 1e-3), what)
-                check(s)
+                recvs[s][i].wait(max(deadline - time.monotonic(), 1e-3), what)
+                check(s, i)
                 if TRACE is not None: TRACE.append(("recv", _pc()))
-                done_recv.add(s)
-                state = ready
+                landed[s] += 1
+                state = base + landed[s]
+                if landed[s] == len(recvs[s]):
+                    pending_recv.remove(s)
             except MultiwriteTimeout:
-                for r in relayed:
-                    if r not in done_recv:
-                        _core.atomic_store_u32(shared, 4 * r, (ready + 1) & 0xFFFFFFFF)
+                give_up()
                 raise
             except MultiwriteError as exc:
-                pending_recv.pop(s, None)
+                pending_recv.remove(s)
+                broken.add(s)
                 fail(exc)
-                state = ready + 1
+                state = base + _FAILED
             except Exception as exc:  # MPI truncation, Gloo size errors, corrupt headers
-                pending_recv.pop(s, None)
+                pending_recv.remove(s)
+                broken.add(s)
                 fail(MismatchError(f"{what}: a peer's message does not fit what this rank expects "
                                    f"(sizes differ across ranks?): {exc}"))
-                state = ready + 1
+                state = base + _FAILED
             if s in relayed:
-                _core.atomic_store_u32(shared, 4 * s, state & 0xFFFFFFFF)
+                _publish(shared, s, state, bell // 4)
             progressed = True
             if not pollable:
                 break
@@ -500,10 +563,8 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
             break
         now = time.monotonic()
         if now > deadline:
-            for r in relayed:
-                if r not in done_recv:
-                    _core.atomic_store_u32(shared, 4 * r, (ready + 1) & 0xFFFFFFFF)
-            missing = sorted(set(pending_recv) | {s for s, _ in pending})
+            give_up()
+            missing = sorted(set(pending_recv) | set(pending))
             raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for the records of "
                                     f"rank(s) {missing} (a peer died, hangs, or did not call the same "
                                     f"operation; MULTIWRITE_TIMEOUT sets the limit)")
@@ -511,16 +572,21 @@ def _exchange(g, what, shared, ready, regions, recvs, check, process, relayed, s
             sleep = 0.0
             spin_until = now + 5e-5
         elif now > spin_until:
-            if (not pending_recv or not pollable) and pending:
-                # Only node peers' flags left: sleep on the first one (futex, woken by the store).
-                s = pending[0][0]
-                # (briefly while own sends are pending: they need this rank's MPI calls to move)
-                _core.wait_u32_ge(shared, 4 * s, ready,
-                                  min(max(deadline - now, 1e-3), 5e-5 if pending_sends else 0.05))
+            if (not pending_recv or not pollable) and any(s not in recvs for s in pending):
+                # Only node peers' words left: sleep until any of them changes (futex on the bell),
+                # briefly while own sends are pending: they need this rank's MPI calls to move.
+                _core.wait_u32_ge(shared, bell, (rung + 1) & 0xFFFFFFFF,
+                                  min(max(deadline - now, 1e-3), 5e-5 if sending else 0.05))
             else:
                 sleep = min(max(sleep * 2, 1e-5), 2e-4)
                 time.sleep(sleep)
     return error
+
+
+def _publish(shared, source, value, words):
+    """Set a source's arrival word and ring the node's bell (the u32 after ``words`` words)."""
+    _core.atomic_store_u32(shared, 4 * source, value & 0xFFFFFFFF)
+    _core.atomic_add_u32(shared, 4 * words, 1, wake=True)
 
 
 def _reduce_index(g, regions, fan, local_rows, unicast, rec):
