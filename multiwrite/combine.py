@@ -126,29 +126,30 @@ def combine(y, handle, *, group=None):
     _wait_done(g, what, shared, 4 * P * L)
     try:
         local = [s for s in range(P) if topo.node_of[s] == node]
-        order = local if unicast else [s for s in range(P) if topo.node_of[s] != node] + local
+        remote = [] if unicast else [s for s in range(P) if topo.node_of[s] != node]
         staged_rows = np.zeros(P, dtype=np.int64)
-        staged_rows[order] = handle.recv_counts[order]
+        staged_rows[remote + local] = handle.recv_counts[remote + local]
         at = np.zeros(P + 1, dtype=np.int64)           # row of each source in my block, in source order
         np.cumsum(staged_rows, out=at[1:])
         at += base[lr]
-        try:
-            for s in order:
-                staging[at[s] * rb:at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
-                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
-        except BaseException:
-            for s in range(P):
-                _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
-            raise
-        for s in range(P):
-            if s not in order:
-                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
-        if L > 1 and at[-1] > base[lr]:
-            g.stats.add_intra(int(at[-1] - base[lr]) * rb)
+
+        def stage_rows(sources):
+            try:
+                for s in sources:
+                    staging[at[s] * rb:at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
+                    _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+            except BaseException:
+                for s in range(P):
+                    _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
+                raise
+
+        stage_rows(remote)
         if TRACE is not None: TRACE.append(("staged", _pc()))
 
-        # 3. Node partials: of the remote sources this rank relays (MultiWrite; sent back in pieces,
-        #    each as soon as it is summed, so the link starts early), then of this rank's own tokens.
+        # 3. Node partials of the remote sources this rank relays (MultiWrite): sent back in pieces,
+        #    each as soon as it is summed, so the link starts early. Then the rows of this node's
+        #    sources are staged (no rows of other sources: their flags are set at once), and the
+        #    partial of this rank's own tokens is summed.
         send_bytes = g.private_buffer("combine_send", rb * sum(
             len(ix) for s, ix in handle.reduce_index.items() if s != g.rank))
         pos = 0
@@ -165,6 +166,12 @@ def combine(y, handle, *, group=None):
                                        seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
             pos += len(ix)
         if TRACE is not None: TRACE.append(("sent", _pc()))
+        stage_rows(local)
+        for s in range(P):
+            if s not in remote and s not in local:
+                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+        if L > 1 and at[-1] > base[lr]:
+            g.stats.add_intra(int(at[-1] - base[lr]) * rb)
         if own_unit is not None:
             _wait_staged(g, what, shared, g.rank, ready, deadline, sends)
             _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
