@@ -177,6 +177,16 @@ def main():
         raise AssertionError("hidden size mismatch not reported")
     c = buf.dispatch(x2, handle=a[3])
     assert torch.equal(c[0], a[0] * 2), "dispatch after errors"
+    # ranks disagree on combine's hidden size: the others may already have staged their rows (the
+    # agreement travels while they do), yet every rank raises and nothing is sent; the next works
+    y_bad = torch.ones(a[0].shape[0], 32 if topo.rank == 1 else 64)
+    try:
+        buf.combine(y_bad, a[3])
+    except mw.MismatchError as e:
+        assert "disagree" in str(e) and "hidden" in str(e), str(e)
+    else:
+        raise AssertionError("combine hidden size mismatch not reported")
+    assert torch.equal(buf.combine(a[0], a[3]), a[1]), "combine after a mismatch"
     other = mw.Group(mw.default_group().transport.split(list(range(P))))
     for fn in (lambda: mw.Buffer(group=other).combine(a[0], a[3]),
                lambda: mw.Buffer(group=other).dispatch(a[0][:0], handle=a[3])):
