@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import _core, _dtypes, _packets
-from .dispatch import _FLOAT_DTYPES, _agree_finish, _agree_start, _wait_done, empty_tensor, flag_bytes
+from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
 from .errors import MismatchError, MultiwriteTimeout
 from .group import resolve, tag_for
 
@@ -54,86 +54,27 @@ def combine(y, handle, *, group=None):
     elif y.dtype not in _FLOAT_DTYPES:
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
     # The staging layout and the node buffer's size follow from the handle: every rank must pass the
-    # handle of the same dispatch call. The agreement travels (non-blocking on MPI) while this rank
-    # stages the rows of remote sources, if the node buffer needs no growing (growing is a node sync,
-    # which must wait until the agreement says every rank is in the same call). Staged rows are only
-    # read after the agreement: a rank that disagrees makes every rank raise before anything is sent.
+    # handle of the same dispatch call.
     ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", "")), handle.seq] \
         if status is None else None
-    agreement = _agree_start(g, status, ints, 3)
-    shared = None
-    try:
-        if status is None:
-            H, dtype = y.shape[1], y.dtype
-            rb = H * y.element_size()
-            unicast = handle.mode == "unicast"
-            y_bytes = y.detach().contiguous().view(torch.uint8).numpy().reshape(-1, rb) if y.numel() else \
-                np.zeros((y.shape[0], rb), dtype=np.uint8)
-            ready = (2 * seq) & 0xFFFFFFFF
-            # Staging: source by source (unicast: only sources on this node), each local rank's rows
-            # stacked in local-rank order. A (source, local rank) flag turns ready when that rank has
-            # staged its rows of that source, so the rank that sums a source's node partial starts as
-            # soon as that source is complete: remote sources first, whose partials cross the network.
-            # A done word per local rank says it finished reading the staging area (the next combine
-            # waits for all of them instead of a node barrier).
-            base = np.zeros(L + 1, dtype=np.int64)
-            np.cumsum(handle.local_recv_rows, out=base[1:])
-            fbytes = flag_bytes(P * L + L)
-            need = fbytes + int(base[-1]) * rb
-            start = np.zeros(P + 1, dtype=np.int64)     # rows of y from each source (y is in source order)
-            np.cumsum(handle.recv_counts, out=start[1:])
-            local = [s for s in range(P) if topo.node_of[s] == node]
-            remote = [] if unicast else [s for s in range(P) if topo.node_of[s] != node]
-            staged_rows = np.zeros(P, dtype=np.int64)
-            staged_rows[remote + local] = handle.recv_counts[remote + local]
-            at = np.zeros(P + 1, dtype=np.int64)           # row of each source in my block, in source order
-            np.cumsum(staged_rows, out=at[1:])
-            at += base[lr]
-
-            def stage_rows(sources, poll=None):
-                try:
-                    for s in sources:
-                        shared[fbytes + at[s] * rb:fbytes + at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
-                        _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
-                        if poll is not None:
-                            poll.test()          # MPI moves the agreement only inside its calls
-                except BaseException:
-                    for s in range(P):
-                        _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
-                    raise
-
-            shared = g.node_buffer_if_big_enough("combine", need)
-            if shared is not None:
-                _wait_done(g, what, shared, 4 * P * L)
-                stage_rows(remote, agreement[0])
-        table = _agree_finish(g, what, status, agreement)
-        if TRACE is not None: TRACE.append(("agreed", _pc()))
-        if (table != table[0]).any():
-            raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code, dispatch call of the handle): "
-                                + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(table)))
-        if shared is None:
-            shared = g.node_buffer("combine", need)     # the same size on every local rank
-            _wait_done(g, what, shared, 4 * P * L)
-            stage_rows(remote)
-        if TRACE is not None: TRACE.append(("staged", _pc()))
-        return _combine_exchange(**locals())
-    finally:
-        if shared is not None:
-            _core.atomic_store_u32(shared, 4 * (P * L + lr), (2 * seq) & 0xFFFFFFFF)
-
-
-def _combine_exchange(*, g, topo, what, seq, P, N, L, lr, node, handle, H, dtype, rb, unicast, y_bytes, ready,
-                      shared, fbytes, base, start, local, remote, at, stage_rows, **_):
-    """The rest of combine once the agreement is in and the remote sources' rows are staged: post the
-    receives, sum and send the node partials this rank relays, stage the own node's rows, sum this
-    rank's own partial, finish the exchange and sum across nodes. Sets no done word (the caller)."""
+    table = _agree(g, what, status, ints, 3)
+    if TRACE is not None: TRACE.append(("agreed", _pc()))
+    if (table != table[0]).any():
+        raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code, dispatch call of the handle): "
+                            + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(table)))
+    H, dtype = y.shape[1], y.dtype
+    rb = H * y.element_size()
+    unicast = handle.mode == "unicast"
     T = handle.num_tokens
+    y_bytes = y.detach().contiguous().view(torch.uint8).numpy().reshape(-1, rb) if y.numel() else \
+        np.zeros((y.shape[0], rb), dtype=np.uint8)
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
     tag = tag_for(OP, seq)
+    ready = (2 * seq) & 0xFFFFFFFF
     deadline = time.monotonic() + g.timeout_s
-    stage = _typed(shared[fbytes:], dtype, int(base[-1]), H)
 
     # 1. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
+    #    Their receives are posted first, so that a partial can land whenever it is sent.
     if unicast:
         units = [("node", node, handle.node_tokens[handle.node_offsets[node]:handle.node_offsets[node + 1]])]
         units += [("rank", d, handle.rank_tokens[handle.rank_offsets[d]:handle.rank_offsets[d + 1]])
@@ -145,8 +86,7 @@ def _combine_exchange(*, g, topo, what, seq, P, N, L, lr, node, handle, H, dtype
     np.cumsum([len(u[2]) for u in units], out=offs[1:])
     partial_bytes = g.private_buffer("combine_partials", int(offs[-1]) * rb)
     partials = _typed(partial_bytes, dtype, int(offs[-1]), H)
-    per = _packets.MAX_PIECES
-    headers_in = _packets.header_buffers(g, "combine_hin", len(units) * per)
+    headers_in = _packets.header_buffers(g, "combine_hin", len(units) * _packets.MAX_PIECES)
     recvs, checks, own_unit = [], [], None
     for u, (kind, who, tokens) in enumerate(units):
         if not len(tokens):
@@ -158,10 +98,13 @@ def _combine_exchange(*, g, topo, what, seq, P, N, L, lr, node, handle, H, dtype
         cuts = _packets.pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
         for i in range(len(cuts) - 1):
             a, b = offs[u] + cuts[i], offs[u] + cuts[i + 1]
-            recvs.append(_packets.PacketRecv(g, headers_in[u * per + i], partial_bytes[a * rb:b * rb], src, tag,
-                                             what))
-            checks.append((u * per + i, src, int(b - a) * rb, int(len(tokens)) * rb, int(cuts[i]) * rb))
+            h = u * _packets.MAX_PIECES + i
+            recvs.append(_packets.PacketRecv(g, headers_in[h], partial_bytes[a * rb:b * rb], src, tag, what))
+            checks.append((h, src, int(b - a) * rb, int(len(tokens)) * rb, int(cuts[i]) * rb))
+    start = np.zeros(P + 1, dtype=np.int64)     # rows of y from each source (y is in source order)
+    np.cumsum(handle.recv_counts, out=start[1:])
     sends = []
+    per = _packets.MAX_PIECES
     headers_out = _packets.header_buffers(g, "combine_hout", P * per)
     if unicast:
         # Rows of remote sources go back as they are, straight from y.
@@ -170,37 +113,74 @@ def _combine_exchange(*, g, topo, what, seq, P, N, L, lr, node, handle, H, dtype
                 sends += _packets.send(g, headers_out[s * per], y_bytes[start[s]:start[s + 1]].reshape(-1), s, tag,
                                        window_id=window_id, seq=seq, dest_bitmap=1 << topo.local_rank_of[s])
 
-    # 2. Node partials of the remote sources this rank relays (MultiWrite): sent back in pieces, each
-    #    as soon as it is summed, so the link starts early. Then the rows of this node's sources are
-    #    staged (no rows of other sources: their flags are set at once), and the partial of this
-    #    rank's own tokens is summed.
-    send_bytes = g.private_buffer("combine_send", rb * sum(
-        len(ix) for s, ix in handle.reduce_index.items() if s != g.rank))
-    pos = 0
-    for s, ix in sorted(handle.reduce_index.items()):
-        if s == g.rank:
-            continue
-        _wait_staged(g, what, shared, s, ready, deadline, sends)
-        cuts = _packets.pieces(g, len(ix), rb)
-        for i in range(len(cuts) - 1):
-            a, b = cuts[i], cuts[i + 1]
-            part = send_bytes[(pos + a) * rb:(pos + b) * rb]
-            _core.gather_reduce(stage, ix[a:b], _typed(part, dtype, b - a, H))
-            sends += _packets.send(g, headers_out[s * per + i], part, s, tag, window_id=window_id,
-                                   seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
-        pos += len(ix)
-    if TRACE is not None: TRACE.append(("sent", _pc()))
-    stage_rows(local)
-    for s in range(P):
-        if s not in remote and s not in local:
-            _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
-    if L > 1 and at[-1] > base[lr]:
-        g.stats.add_intra(int(at[-1] - base[lr]) * rb)
-    if own_unit is not None:
-        _wait_staged(g, what, shared, g.rank, ready, deadline, sends)
-        _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
-    if TRACE is not None: TRACE.append(("reduced", _pc()))
-    _core.atomic_store_u32(shared, 4 * (P * L + lr), ready)     # done reading the staging area
+    # 2. Stage this node's rows in shared memory, source by source (unicast: only sources on this
+    #    node), each local rank's rows stacked in local-rank order. A (source, local rank) flag turns
+    #    ready when that rank has staged its rows of that source, so the rank that sums a source's node
+    #    partial starts as soon as that source is complete: remote sources first, whose partials cross
+    #    the network. A done word per local rank says it finished reading the staging area (the next
+    #    combine waits for all of them instead of a node barrier).
+    rows = handle.local_recv_rows
+    base = np.zeros(L + 1, dtype=np.int64)
+    np.cumsum(rows, out=base[1:])
+    fbytes = flag_bytes(P * L + L)
+    shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)   # same size on every local rank
+    staging = shared[fbytes:]
+    stage = _typed(staging, dtype, int(base[-1]), H)
+    _wait_done(g, what, shared, 4 * P * L)
+    try:
+        local = [s for s in range(P) if topo.node_of[s] == node]
+        remote = [] if unicast else [s for s in range(P) if topo.node_of[s] != node]
+        staged_rows = np.zeros(P, dtype=np.int64)
+        staged_rows[remote + local] = handle.recv_counts[remote + local]
+        at = np.zeros(P + 1, dtype=np.int64)           # row of each source in my block, in source order
+        np.cumsum(staged_rows, out=at[1:])
+        at += base[lr]
+
+        def stage_rows(sources):
+            try:
+                for s in sources:
+                    staging[at[s] * rb:at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
+                    _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+            except BaseException:
+                for s in range(P):
+                    _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
+                raise
+
+        stage_rows(remote)
+        if TRACE is not None: TRACE.append(("staged", _pc()))
+
+        # 3. Node partials of the remote sources this rank relays (MultiWrite): sent back in pieces,
+        #    each as soon as it is summed, so the link starts early. Then the rows of this node's
+        #    sources are staged (no rows of other sources: their flags are set at once), and the
+        #    partial of this rank's own tokens is summed.
+        send_bytes = g.private_buffer("combine_send", rb * sum(
+            len(ix) for s, ix in handle.reduce_index.items() if s != g.rank))
+        pos = 0
+        for s, ix in sorted(handle.reduce_index.items()):
+            if s == g.rank:
+                continue
+            _wait_staged(g, what, shared, s, ready, deadline, sends)
+            cuts = _packets.pieces(g, len(ix), rb)
+            for i in range(len(cuts) - 1):
+                a, b = cuts[i], cuts[i + 1]
+                part = send_bytes[(pos + a) * rb:(pos + b) * rb]
+                _core.gather_reduce(stage, ix[a:b], _typed(part, dtype, b - a, H))
+                sends += _packets.send(g, headers_out[s * per + i], part, s, tag, window_id=window_id,
+                                       seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
+            pos += len(ix)
+        if TRACE is not None: TRACE.append(("sent", _pc()))
+        stage_rows(local)
+        for s in range(P):
+            if s not in remote and s not in local:
+                _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+        if L > 1 and at[-1] > base[lr]:
+            g.stats.add_intra(int(at[-1] - base[lr]) * rb)
+        if own_unit is not None:
+            _wait_staged(g, what, shared, g.rank, ready, deadline, sends)
+            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
+        if TRACE is not None: TRACE.append(("reduced", _pc()))
+    finally:
+        _core.atomic_store_u32(shared, 4 * (P * L + lr), ready)
 
     def check_headers():
         for h, src, nbytes, unit_bytes, offset in checks:
@@ -224,7 +204,7 @@ def _combine_exchange(*, g, topo, what, seq, P, N, L, lr, node, handle, H, dtype
     if error is not None:
         raise error
 
-    # 3. Sum the partials of every token across units, in unit order (deterministic).
+    # 4. Sum the partials of every token across units, in unit order (deterministic).
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
 

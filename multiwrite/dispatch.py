@@ -110,24 +110,12 @@ def _agree(g, what, status, ints, length):
     If any rank failed its local checks, a second allgather shares the messages and every rank raises
     the same error (ValueError on the failing ranks, MismatchError on the others). Returns int64
     [P, length]."""
-    return _agree_finish(g, what, status, _agree_start(g, status, ints, length))
-
-
-def _agree_start(g, status, ints, length):
-    """Start _agree without waiting (MPI: a non-blocking allgather); finish with _agree_finish."""
     vec = np.zeros(1 + length, dtype=np.int64)
     if status is None:
         vec[1:] = ints
     else:
         vec[0] = 1
-    return g.iallgather_int64(vec)
-
-
-def _agree_finish(g, what, status, started):
-    """Wait for an agreement from _agree_start; raises as _agree does, returns int64 [P, length]."""
-    from .transport.base import wait_polling
-    request, table = started
-    wait_polling(request, g.timeout_s, f"{what}: agreement")
+    table = g.allgather_int64(vec)
     if table[:, 0].any():
         messages = g.allgather_obj(status)
         text = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)

@@ -316,12 +316,6 @@ class Group:
         self._buffers[name] = new
         return new.array
 
-    def node_buffer_if_big_enough(self, name, nbytes):
-        """The node-shared buffer ``name`` if it already has ``nbytes`` (no node sync needed), else
-        None (growing it takes node_buffer on every local rank)."""
-        seg = self._buffers.get(name)
-        return seg.array if seg is not None and seg.nbytes >= nbytes else None
-
     def private_buffer(self, name, nbytes):
         """A reusable buffer private to this rank (grown on demand)."""
         buf = self._private.get(name)
@@ -352,12 +346,6 @@ class Group:
         """int64 [size, len(values)]: one fixed-size control allgather (every rank the same length)."""
         self.stats.add_control(8 * len(values))
         return self.transport.allgather_int64(values)
-
-    def iallgather_int64(self, values):
-        """Non-blocking allgather_int64: ``(request, out)``, out valid once the request completed
-        (transports without non-blocking collectives complete it at once)."""
-        self.stats.add_control(8 * len(values))
-        return self.transport.iallgather_int64(values)
 
     # -- lifetime --------------------------------------------------------------------------
     def close(self):

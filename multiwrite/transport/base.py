@@ -116,11 +116,6 @@ class Transport:
         """Gather a small int64 vector from every rank: returns int64 [size, len(values)]."""
         return np.asarray(self.allgather_obj(np.asarray(values, dtype=np.int64)), dtype=np.int64)
 
-    def iallgather_int64(self, values):
-        """Start allgather_int64: returns ``(request, out)``; ``out`` (int64 [size, len(values)]) holds
-        the result once the request completed. This default completes at once (blocking)."""
-        return CompletedRequest(), self.allgather_int64(values)
-
     def split(self, ranks, default_timeout_s=None):
         """A transport over the sub-list ``ranks`` (every rank of this transport must call it).
         ``default_timeout_s``: the limit of waits that give none (a service thread idles that long)."""

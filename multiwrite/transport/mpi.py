@@ -90,14 +90,10 @@ class MPITransport(Transport):
         return [pickle.loads(out[displs[i]:displs[i] + sizes[i]].tobytes()) for i in range(self.size)]
 
     def allgather_int64(self, values):
-        req, out = self.iallgather_int64(values)
-        wait_polling(req, self.timeout_s, "allgather of control data")
-        return out
-
-    def iallgather_int64(self, values):
         mine = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
         out = np.empty((self.size, mine.size), dtype=np.int64)
-        return _MPIRequest(self.comm.Iallgather(mine, out), mine, "allgather of control data", self), out
+        self._wait(self.comm.Iallgather(mine, out), "allgather of control data")
+        return out
 
     def barrier(self):
         self._wait(self.comm.Ibarrier(), "barrier")
