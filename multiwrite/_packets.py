@@ -56,6 +56,16 @@ def check(header, *, what, window_id, seq, src_rank, window_size, num_local_rank
     return info
 
 
+def check_piece(header, *, offset, **expected):
+    """``check`` for one piece of a packet sent in pieces (see ``pieces``): also the piece's offset in
+    the packet's window must be the one this rank derived from the cuts."""
+    info = check(header, **expected)
+    if info["offset"] != offset:
+        raise MismatchError(f"{expected['what']}: rank {expected['src_rank']} sent a piece at offset "
+                            f"{info['offset']}, this rank expects offset {offset}")
+    return info
+
+
 class PacketRecv:
     """Receive one two-part packet (header, then payload into ``payload``) from ``src``.
 

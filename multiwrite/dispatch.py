@@ -312,7 +312,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
         _core.pack_records(x_bytes, idx_np, w_np, node_tokens[mine], node_bitmaps[mine],
                            node_buf[node_off[g.rank]:node_off[g.rank + 1]])
         g.stats.add_intra(int(node_counts[g.rank, node]) * rec)
-    _publish(shared, g.rank, base + 1, P + L)
+    _publish(shared, g.rank, base + 1, 4 * (P + L))
     if TRACE is not None: TRACE.append(("own_packed", _pc()))
 
     # Unpack my rows from every source's region, piece by piece as it arrives (rows from source s go
@@ -359,13 +359,9 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
         fan[s] = fan[s] + counts if s in fan else counts
 
     def check(s, i):
-        piece = recvs[s][i].payload
-        window = int(cuts_of[s][-1]) * rec
-        info = _packets.check(headers_in[s * per + i], what=what, window_id=window_id, seq=seq, src_rank=s,
-                              window_size=window, num_local_ranks=topo.local_size, payload_len=int(piece.nbytes))
-        if info["offset"] != cuts_of[s][i] * rec:
-            raise MismatchError(f"{what}: rank {s} sent a piece at offset {info['offset']}, this rank expects "
-                                f"{cuts_of[s][i] * rec}")
+        _packets.check_piece(headers_in[s * per + i], what=what, window_id=window_id, seq=seq, src_rank=s,
+                             window_size=int(cuts_of[s][-1]) * rec, num_local_ranks=L,
+                             payload_len=int(recvs[s][i].payload.nbytes), offset=int(cuts_of[s][i]) * rec)
 
     relayed = [] if unicast else list(recvs)
     error = _exchange(g, what, shared, 4 * (P + L), base, regions, cuts_of, recvs, check, unpack, relayed, sends)
@@ -482,7 +478,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     relayed = set(relayed)
     # Gloo's requests only complete inside wait(): there, block on one receive whenever no piece could
     # be processed, and leave the sends to finish_sends (MPI requests are polled).
-    pollable = getattr(g.transport, "name", "") != "gloo"
+    pollable = g.transport.completes_in_test
     sending = pollable and sends is not None
 
     def fail(exc):
@@ -493,7 +489,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     def give_up():
         for r in relayed:
             if landed[r] < len(recvs[r]):
-                _publish(shared, r, base + _FAILED, bell // 4)
+                _publish(shared, r, base + _FAILED, bell)
 
     while pending_recv or pending:
         progressed = False
@@ -510,8 +506,8 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
             else:
                 avail = _arrived(_core.atomic_load_u32(shared, 4 * s), base)
                 if avail < 0:
-                    fail(MismatchError(f"{what}: rank {topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s}"
-                                       f" of this node failed to deliver the records of rank {s}"))
+                    filler = topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s
+                    fail(MismatchError(f"{what}: rank {filler} of this node failed to deliver the records of rank {s}"))
             if avail < 0:
                 progressed = True
                 continue
@@ -556,7 +552,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
                                    f"(sizes differ across ranks?): {exc}"))
                 state = base + _FAILED
             if s in relayed:
-                _publish(shared, s, state, bell // 4)
+                _publish(shared, s, state, bell)
             progressed = True
             if not pollable:
                 break
@@ -584,10 +580,10 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     return error
 
 
-def _publish(shared, source, value, words):
-    """Set a source's arrival word and ring the node's bell (the u32 after ``words`` words)."""
+def _publish(shared, source, value, bell):
+    """Set a source's arrival word and ring the node's bell (the u32 at byte offset ``bell``)."""
     _core.atomic_store_u32(shared, 4 * source, value & 0xFFFFFFFF)
-    _core.atomic_add_u32(shared, 4 * words, 1, wake=True)
+    _core.atomic_add_u32(shared, bell, 1, wake=True)
 
 
 def _reduce_index(g, regions, fan, local_rows, unicast, rec):

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from multiwrite import _packets
+from multiwrite.errors import MismatchError
 from multiwrite.dispatch import _FAILED, _arrival_base, _arrived
 
 
@@ -98,3 +99,15 @@ def test_arrival_words_across_calls(seq):
         assert _arrived(base + landed & 0xFFFFFFFF, base) == landed
     assert _arrived(prev + _FAILED & 0xFFFFFFFF, base) == 0
     assert _arrived(base + _FAILED & 0xFFFFFFFF, base) == -1
+
+
+def test_check_piece_rejects_a_piece_at_another_offset():
+    import numpy as np
+    header = np.zeros(_packets.HEADER, dtype=np.uint8)
+    _packets.build(header, window_id=2, seq=7, src_rank=3, dest_node=0, dest_bitmap=1, offset=4096,
+                   payload_len=1024)
+    expected = dict(what="dispatch (call #7)", window_id=2, seq=7, src_rank=3, window_size=8192,
+                    num_local_ranks=2, payload_len=1024)
+    assert _packets.check_piece(header, offset=4096, **expected)["offset"] == 4096
+    with pytest.raises(MismatchError, match="rank 3 sent a piece at offset 4096, this rank expects offset 0"):
+        _packets.check_piece(header, offset=0, **expected)

@@ -93,6 +93,9 @@ class Transport:
     name = "base"
     #: True when a receive must match the message size exactly (a mismatch is fatal, as in Gloo).
     exact_size_recv = True
+    #: True when ``Request.test()`` moves requests forward and completes them (MPI); False when they
+    #: complete only inside ``wait()`` (Gloo), so a loop that polls must block on one instead.
+    completes_in_test = True
     rank: int
     size: int
     timeout_s: float
