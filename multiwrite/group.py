@@ -72,6 +72,10 @@ class Group:
         self._closed = False
         self._rounds = 0
         self._round_target = [0, 0]
+        if self.topo.rank == self.topo.leader:
+            # Segments a killed leader could not unlink: a live one is unlinked at most two timeouts
+            # after its creation (the waits between creating and unlinking it).
+            shm.sweep_stale(2 * max(self.timeout_s, transport.timeout_s) + 60)
         # Control words + the staging area of barrier-free rounds (2 parities; pages are only
         # allocated by the kernel when touched).
         self._ctrl_seg, self._round_seg = shm.create_node_segments(

@@ -1,12 +1,14 @@
 """Shared memory inside a node: POSIX segments in /dev/shm, mapped by every rank of the node.
 
 The node leader creates a segment, the others map it, and the leader unlinks the name as soon as
-everyone has it mapped: the memory lives exactly as long as the processes, and nothing is left in
-/dev/shm after a run or a crash.
+everyone has it mapped: the memory lives exactly as long as the processes. A leader killed inside
+that short window (SIGKILL, an abort) cannot unlink; the name carries the creator's pid, and the next
+group created on the node removes such leftovers (``sweep_stale``).
 """
 import mmap
 import os
 import secrets
+import time
 
 import numpy as np
 
@@ -51,6 +53,40 @@ class Segment:
                 m.close()
             except BufferError:
                 pass  # a view is still alive somewhere; the mapping goes with the process
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # exists, another user's
+        return True
+    return True
+
+
+def sweep_stale(min_age_s):
+    """Unlink our segments whose creator process is gone and that nobody has written for
+    ``min_age_s`` seconds (a live creator's segment is unlinked within its group's timeouts; the age
+    also spares a live job whose pids this process cannot see). Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        pid = name[len(NAME_PREFIX):].split("-", 1)[0] if name.startswith(NAME_PREFIX) else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(SHM_DIR, name)
+        try:
+            if now - os.stat(path).st_mtime >= min_age_s:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 def create_node_segments(transport, topo, sizes):

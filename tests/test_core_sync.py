@@ -220,3 +220,32 @@ def test_wait_releases_the_gil():
     assert c.wait_u32_ge(buf, 0, 1, 10.0)                          # the thread could run: GIL released
     assert time.monotonic() - t0 < 5.0
     t.join()
+
+
+def test_sweep_stale_removes_only_old_segments_of_dead_creators():
+    """A leader killed between creating and unlinking a segment leaves it in /dev/shm; the next group
+    on the node removes it once its creator is gone and it is older than the group's timeouts."""
+    from multiwrite import shm
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead, alive = child.pid, os.getpid()
+    tag = os.urandom(4).hex()
+    names = {key: f"{shm.NAME_PREFIX}{pid}-sweeptest{tag}{key}" for key, pid in
+             (("old_dead", dead), ("new_dead", dead), ("old_alive", alive))}
+    old = time.time() - 3600
+    for key, name in names.items():
+        path = os.path.join(shm.SHM_DIR, name)
+        with open(path, "wb") as f:
+            f.write(b"x")
+        if key.startswith("old"):
+            os.utime(path, (old, old))
+    try:
+        removed = shm.sweep_stale(600)
+        assert names["old_dead"] in removed
+        assert not os.path.exists(os.path.join(shm.SHM_DIR, names["old_dead"]))
+        for key in ("new_dead", "old_alive"):
+            assert names[key] not in removed and os.path.exists(os.path.join(shm.SHM_DIR, names[key])), key
+    finally:
+        for name in names.values():
+            shm.Segment.unlink(name)
