@@ -11,8 +11,15 @@ def is_tensor(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+_DTYPE_NAMES = {}     # dtype object -> name: str(numpy dtype) runs Python code (~10 us per call)
+
+
 def dtype_name(x) -> str:
-    return str(x.dtype).replace("torch.", "")
+    d = x.dtype
+    name = _DTYPE_NAMES.get(d)
+    if name is None:
+        name = _DTYPE_NAMES[d] = str(d).replace("torch.", "")
+    return name
 
 
 def numel(x) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 from time import perf_counter as _pc
 
 from . import _dtypes, _packets, _tensors
+from ._config import check_mode
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import ROUND_STAGING_BYTES, resolve, tag_for
 
@@ -37,21 +38,17 @@ def all_gather(out, x, *, group=None, mode=None):
     Raises MismatchError when ranks disagree on size or dtype, MultiwriteTimeout when a peer is missing.
     """
     g = resolve(group)
-    mode = _config_mode(g, mode)
-    if _tensors.dtype_name(out) != _tensors.dtype_name(x):
-        raise TypeError(f"all_gather: out has dtype {_tensors.dtype_name(out)}, x has {_tensors.dtype_name(x)}")
+    mode = g.mode if mode is None else check_mode(mode)
+    dtype = _tensors.dtype_name(x)
+    if _tensors.dtype_name(out) != dtype:
+        raise TypeError(f"all_gather: out has dtype {_tensors.dtype_name(out)}, x has {dtype}")
     if _tensors.numel(out) != g.size * _tensors.numel(x):
         raise ValueError(f"all_gather: out has {_tensors.numel(out)} elements; expected world_size "
                          f"({g.size}) x {_tensors.numel(x)} = {g.size * _tensors.numel(x)}")
     src = _tensors.input_bytes(x)
     dst = _tensors.OutputBytes(out)
-    all_gather_bytes(g, dst.bytes, src, mode=mode, dtype=_tensors.dtype_name(x))
+    all_gather_bytes(g, dst.bytes, src, mode=mode, dtype=dtype)
     return dst.commit()
-
-
-def _config_mode(g, mode):
-    from ._config import check_mode
-    return g.mode if mode is None else check_mode(mode)
 
 
 def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):

@@ -5,6 +5,7 @@ the torch backend and ``split`` make others. All methods named ``collective`` mu
 rank of the group in the same order.
 """
 import atexit
+import struct
 import time
 from typing import NamedTuple
 
@@ -35,6 +36,7 @@ _CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
 
 #: Bytes of the node staging area per round parity (rounds are for small operations only).
 ROUND_STAGING_BYTES = 1 << 20
+_SIG_ROW = struct.Struct(f"<{_SIG_WORDS}q")   # one 64-byte slot of int64 words
 _WAIT_SLICE_S = 0.02                 # how often a waiting rank checks its node peers' announcements
 
 _MIN_BUFFER = 1 << 20
@@ -81,6 +83,7 @@ class Group:
         self._ctrl_seg, self._round_seg = shm.create_node_segments(
             transport, self.topo, [_CTRL_BYTES, 2 * ROUND_STAGING_BYTES])
         self.ctrl = self._ctrl_seg.array
+        self._ctrl_view = memoryview(self.ctrl)     # struct.pack_into: 10x cheaper than NumPy for a slot
         self.rank, self.size = self.topo.rank, self.topo.world_size
 
     # -- sequencing ----------------------------------------------------------------------
@@ -130,12 +133,13 @@ class Group:
 
     def announce(self, seq, signature):
         """Publish (seq, signature) of the collective this rank is entering (no waiting)."""
-        row = np.zeros(_SIG_WORDS, dtype=np.int64)
-        row[0] = seq
-        row[1:1 + len(signature)] = signature
-        slot = _ANNOUNCE + 64 * self.topo.local_rank
-        self.ctrl[slot:slot + 64] = row.view(np.uint8)
-        return seq, tuple(int(v) for v in signature)
+        signature = tuple(int(v) for v in signature)
+        self._write_slot(_ANNOUNCE + 64 * self.topo.local_rank, (seq,) + signature)
+        return seq, signature
+
+    def _write_slot(self, offset, values):
+        """The 64-byte control slot at ``offset`` = ``values`` (at most 8 ints) as int64, zero-padded."""
+        _SIG_ROW.pack_into(self._ctrl_view, offset, *values, *(0,) * (_SIG_WORDS - len(values)))
 
     def check_announcements(self, what, seq, signature):
         """MismatchError if a node peer entered call ``seq`` on another path: the last element of the
@@ -215,10 +219,7 @@ class Group:
         self._round_target[parity] += arrivals
         end = self._round_target[parity]
         announced = self.announce(seq, signature)
-        sig = np.zeros(_SIG_WORDS, dtype=np.int64)
-        sig[:len(signature)] = signature
-        slot = _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank)
-        self.ctrl[slot:slot + 64] = sig.view(np.uint8)
+        self._write_slot(_ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank), announced[1])
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
         # every earlier round of this parity added one own chunk per local rank
         own_start = ((self._rounds - 1) // 2 * self.topo.local_size) & 0xFFFFFFFF
@@ -282,13 +283,15 @@ class Group:
         parity, announced = handle.parity, handle.announced
         n = len(announced[1])
         bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
+        view = self._ctrl_view
+        first = view[bank:bank + 8 * n]
+        if all(view[bank + 64 * i:bank + 64 * i + 8 * n] == first for i in range(1, self.topo.local_size)):
+            return None
         sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
-        if (sigs != sigs[0]).any():
-            rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i])}"
-                             for i in range(self.topo.local_size))
-            return MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
-                                 f"arguments ({rows})")
-        return None
+        rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i])}"
+                         for i in range(self.topo.local_size))
+        return MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
+                             f"arguments ({rows})")
 
     # -- node-shared buffers ------------------------------------------------------------------
     def node_buffer(self, name, nbytes):
@@ -363,6 +366,7 @@ class Group:
         self._buffers.clear()
         self._private.clear()
         self.ctrl = None
+        self._ctrl_view.release()
         self._ctrl_seg.close()
         self._round_seg.close()
         self.transport.close()
