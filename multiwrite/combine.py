@@ -22,6 +22,8 @@ from .errors import MismatchError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_COMBINE
+#: Tokens summed between two calls of the transport's progress (a few hundred us of work).
+_PROGRESS_TOKENS = 32
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
 
 
@@ -71,6 +73,7 @@ def combine(y, handle, *, group=None):
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
     tag = tag_for(OP, seq)
     ready = (2 * seq) & 0xFFFFFFFF
+    progress = g.transport.progress
     deadline = time.monotonic() + g.timeout_s
 
     # 1. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
@@ -141,25 +144,25 @@ def combine(y, handle, *, group=None):
                 for s in sources:
                     staging[at[s] * rb:at[s + 1] * rb] = y_bytes[start[s]:start[s + 1]].reshape(-1)
                     _core.atomic_store_u32(shared, 4 * (s * L + lr), ready)
+                    progress()
             except BaseException:
                 for s in range(P):
                     _core.atomic_store_u32(shared, 4 * (s * L + lr), (ready + 1) & 0xFFFFFFFF)
                 raise
 
-        stage_rows(remote)
-        if TRACE is not None: TRACE.append(("staged", _pc()))
-
         # 3. Node partials of the remote sources this rank relays (MultiWrite): sent back in pieces,
-        #    each as soon as it is summed, so the link starts early. Then the rows of this node's
-        #    sources are staged (no rows of other sources: their flags are set at once), and the
-        #    partial of this rank's own tokens is summed.
-        send_bytes = g.private_buffer("combine_send", rb * sum(
-            len(ix) for s, ix in handle.reduce_index.items() if s != g.rank))
+        #    each as soon as it is summed, so the link starts early. A relayed source is summed as
+        #    soon as every local rank has staged it, between the sources this rank still stages
+        #    (every rank stages in the same order: the first relayed source is complete after a
+        #    quarter of the staging, not at its end). Then the rows of this node's sources are staged
+        #    (no rows of other sources: their flags are set at once), and the partial of this rank's
+        #    own tokens is summed.
+        relayed = [(s, ix) for s, ix in sorted(handle.reduce_index.items()) if s != g.rank]
+        send_bytes = g.private_buffer("combine_send", rb * sum(len(ix) for _, ix in relayed))
         pos = 0
-        for s, ix in sorted(handle.reduce_index.items()):
-            if s == g.rank:
-                continue
-            _wait_staged(g, what, shared, s, ready, deadline, sends)
+
+        def relay(s, ix):
+            nonlocal pos, sends
             cuts = _packets.pieces(g, len(ix), rb)
             for i in range(len(cuts) - 1):
                 a, b = cuts[i], cuts[i + 1]
@@ -167,7 +170,17 @@ def combine(y, handle, *, group=None):
                 _core.gather_reduce(stage, ix[a:b], _typed(part, dtype, b - a, H))
                 sends += _packets.send(g, headers_out[s * per + i], part, s, tag, window_id=window_id,
                                        seq=seq, dest_bitmap=1 << topo.local_rank_of[s], offset=a * rb)
+                progress()
             pos += len(ix)
+
+        for s in remote:
+            stage_rows([s])
+            while relayed and _staged(g, what, shared, relayed[0][0], ready):
+                relay(*relayed.pop(0))
+        if TRACE is not None: TRACE.append(("staged", _pc()))
+        for s, ix in relayed:
+            _wait_staged(g, what, shared, s, ready, deadline, sends)
+            relay(s, ix)
         if TRACE is not None: TRACE.append(("sent", _pc()))
         stage_rows(local)
         for s in range(P):
@@ -177,7 +190,10 @@ def combine(y, handle, *, group=None):
             g.stats.add_intra(int(at[-1] - base[lr]) * rb)
         if own_unit is not None:
             _wait_staged(g, what, shared, g.rank, ready, deadline, sends)
-            _core.gather_reduce(stage, handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]])
+            own_ix, own = handle.reduce_index[g.rank], partials[offs[own_unit]:offs[own_unit + 1]]
+            for a in range(0, len(own_ix), _PROGRESS_TOKENS):
+                _core.gather_reduce(stage, own_ix[a:a + _PROGRESS_TOKENS], own[a:a + _PROGRESS_TOKENS])
+                progress()
         if TRACE is not None: TRACE.append(("reduced", _pc()))
     finally:
         _core.atomic_store_u32(shared, 4 * (P * L + lr), ready)
@@ -204,6 +220,18 @@ def combine(y, handle, *, group=None):
     # 4. Sum the partials of every token across units, in unit order (deterministic).
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
+
+
+def _staged(g, what, shared, s, ready):
+    """True when every local rank has staged its rows of source ``s`` (no waiting)."""
+    L = g.topo.local_size
+    for j in range(L):
+        flag = _core.atomic_load_u32(shared, 4 * (s * L + j))
+        if flag == (ready + 1) & 0xFFFFFFFF:
+            raise MismatchError(f"{what}: rank {g.topo.local_ranks[j]} of this node failed while staging its rows")
+        if flag < ready:
+            return False
+    return True
 
 
 def _wait_staged(g, what, shared, s, ready, deadline, sends):

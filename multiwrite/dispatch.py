@@ -115,7 +115,7 @@ def _agree(g, what, status, ints, length):
         vec[1:] = ints
     else:
         vec[0] = 1
-    table = g.allgather_int64(vec)
+    table = g.allgather_int64(vec, what)
     if table[:, 0].any():
         messages = g.allgather_obj(status)
         text = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)

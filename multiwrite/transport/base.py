@@ -107,6 +107,12 @@ class Transport:
     def irecv(self, buf: np.ndarray, src: int, tag: int) -> Request:
         raise NotImplementedError
 
+    def progress(self) -> None:
+        """Let pending messages move while this rank computes (cheap; call between chunks of work).
+        MPI moves a large message only inside MPI calls on both sides (rendezvous handshake, then
+        fragments), so a rank busy in a long copy or reduction stalls its peers' transfers. Gloo
+        progresses on its own threads: nothing to do."""
+
     # -- control collectives (small data) ------------------------------------------------------
     def allgather_obj(self, obj) -> list:
         """Every rank's picklable ``obj``, indexed by rank."""

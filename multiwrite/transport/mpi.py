@@ -75,6 +75,10 @@ class MPITransport(Transport):
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
         return _MPIRequest(req, buf, f"receive of {buf.nbytes} B from rank {src}", self)
 
+    def progress(self):
+        # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
+        self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
+
     def allgather_obj(self, obj):
         # A non-blocking allgather polled with our timeout, so a missing peer cannot hang us.
         import pickle
