@@ -51,7 +51,8 @@ def test_multi_write(launcher, layout):
     assert "window OK" in out
 
 
-@pytest.mark.parametrize("case", ["size_mismatch", "dtype_mismatch", "path_mismatch", "bad_args"])
+@pytest.mark.parametrize("case", ["size_mismatch", "dtype_mismatch", "path_mismatch", "control_mismatch",
+                                  "bad_args"])
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_errors(launcher, case):
     _skip_missing(launcher)

@@ -33,6 +33,15 @@ def main(case):
         n = 100 if r != P - 1 else 1 << 18
         e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * n), torch.ones(n)))
         print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
+    elif case == "control_mismatch":
+        # the control allgather behind dispatch/combine's agreement (the small all_gather path):
+        # equal lengths give every rank's values, unequal ones a MismatchError on every rank
+        g = mw.init()
+        table = g.allgather_int64([r, 10 * r, 7])
+        assert table.tolist() == [[q, 10 * q, 7] for q in range(P)], table
+        n = 3 if r != P - 1 else 5
+        e = expect(mw.MismatchError, "dispatch (test)", lambda: g.allgather_int64(list(range(n)), "dispatch (test)"))
+        print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
     elif case == "dtype_mismatch":
         dt = torch.float32 if r != P - 1 else torch.int32
         e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.empty(P * 8, dtype=dt), torch.ones(8, dtype=dt)))
