@@ -35,6 +35,22 @@ def timeout_s() -> float:
     return value
 
 
+DEFAULT_PIECE_KIB = 2048
+
+
+def piece_bytes() -> int:
+    """MULTIWRITE_PIECE_KIB: target size of the pieces large dispatch/combine packets travel in
+    (default 2048 KiB). Both ends derive the cuts from it: every rank must use the same value."""
+    raw = os.environ.get("MULTIWRITE_PIECE_KIB", str(DEFAULT_PIECE_KIB))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"MULTIWRITE_PIECE_KIB={raw!r} is not an integer") from None
+    if value < 16:
+        raise ValueError(f"MULTIWRITE_PIECE_KIB={raw!r} must be >= 16")
+    return value << 10
+
+
 def ranks_per_node():
     """MULTIWRITE_RANKS_PER_NODE=L groups consecutive ranks into emulated nodes (None = detect)."""
     raw = os.environ.get("MULTIWRITE_RANKS_PER_NODE")

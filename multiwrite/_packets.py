@@ -116,19 +116,21 @@ class PacketRecv:
         return self.payload_req.test()
 
 
-PIECE_BYTES = 512 << 10
 MAX_PIECES = 8
 
 
 def pieces(g, rows, row_bytes):
-    """Cuts [0, ..., rows] of ``rows`` rows (records) of ``row_bytes`` sent as pieces of ~512 KiB (at
-    most 8), each its own packet on the same tag, so that the receiver can use the first pieces while
-    the rest is on the wire. Both sides derive the same cuts from the row count. One piece on a
-    transport that needs exact-size receives (Gloo: a payload's receive is posted after its header,
-    so two pieces from one source could not be in flight on the same tag)."""
+    """Cuts [0, ..., rows] of ``rows`` rows (records) of ``row_bytes`` sent as pieces of about
+    ``g.piece_bytes`` (MULTIWRITE_PIECE_KIB, default 2 MiB; at most 8 pieces), each its own packet on
+    the same tag, so that the receiver can use the first pieces while the rest is on the wire. Both
+    sides derive the same cuts from the row count. One piece on a transport that needs exact-size
+    receives (Gloo: a payload's receive is posted after its header, so two pieces from one source
+    could not be in flight on the same tag). 2 MiB measured faster than 512 KiB for combine (85.7 /
+    90.3 vs 90.4 / 98.4 ms at T=256 on the 2 x 4 virtual cluster) and no slower for dispatch: each
+    piece costs a rendezvous round trip in MPI."""
     if g.transport.exact_size_recv:
         return [0, rows]
-    n = min(MAX_PIECES, max(1, -(-rows * row_bytes // PIECE_BYTES)))
+    n = min(MAX_PIECES, max(1, -(-rows * row_bytes // g.piece_bytes)))
     return [rows * i // n for i in range(n + 1)]
 
 

@@ -6,7 +6,7 @@ ranks of the node are summed there (C++ core, float32 accumulation, fixed order)
 (token, node) crosses the network back to the source, which sums across nodes in node order.
 No node barrier: the rows are staged source by source (remote sources first) with a flag per
 (source, local rank), and the rank that relays a remote source sums and sends its partial, in pieces
-of ~512 KiB, as soon as every local rank has staged that source's rows.
+of ~2 MiB, as soon as every local rank has staged that source's rows.
 Unicast mode: one row per (token, destination rank) returns and the source sums over ranks.
 Results are bitwise deterministic from run to run; float32 results of the two modes agree to ~1e-6.
 """

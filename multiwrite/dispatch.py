@@ -8,7 +8,7 @@ MultiWrite mode: for every destination node the sender packs, once, the rows of 
 that node, each with the bitmap of destination ranks on that node (the C++ core plans and packs). The
 packet crosses the network to one relay of that node, landing in the node's shared receive buffer;
 every rank then unpacks its own rows from shared memory. Tokens for the sender's own node are packed
-straight into that shared buffer. Large packets travel in pieces of ~512 KiB, one in flight per
+straight into that shared buffer. Large packets travel in pieces of ~2 MiB, one in flight per
 destination, so that the node's ranks unpack the first pieces while the rest is on the wire.
 
 Unicast mode: one copy per destination rank (per-rank deduplication, the best flat scheme); results

@@ -63,6 +63,7 @@ class Group:
         self.transport = transport
         self.timeout_s = float(timeout_s if timeout_s is not None else _config.timeout_s())
         self.mode = _config.check_mode(mode)
+        self.piece_bytes = _config.piece_bytes()   # see _packets.pieces
         self.topo = _topology.detect(transport, global_ranks)
         if self.topo.local_size > _MAX_LOCAL:
             raise MultiwriteError(f"{self.topo.local_size} ranks on one node; at most {_MAX_LOCAL} supported")

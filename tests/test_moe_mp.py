@@ -10,7 +10,9 @@ import _launch  # noqa: E402
 
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_dispatch_combine(launcher):
-    out = _launch.check(launcher, 4, "moe_prog.py", env={"MULTIWRITE_RANKS_PER_NODE": 2}, timeout=300)
+    # small pieces: moe_prog's large case (~1.2 MiB per rank) travels in several
+    out = _launch.check(launcher, 4, "moe_prog.py", env={"MULTIWRITE_RANKS_PER_NODE": 2,
+                                                          "MULTIWRITE_PIECE_KIB": 256}, timeout=300)
     assert "moe OK" in out
 
 

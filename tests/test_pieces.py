@@ -11,8 +11,12 @@ from multiwrite.errors import MismatchError
 from multiwrite.dispatch import _FAILED, _arrival_base, _arrived
 
 
+PIECE = 512 << 10
+
+
 def _group(exact_size_recv=False):
-    return types.SimpleNamespace(transport=types.SimpleNamespace(exact_size_recv=exact_size_recv))
+    return types.SimpleNamespace(transport=types.SimpleNamespace(exact_size_recv=exact_size_recv),
+                                 piece_bytes=PIECE)
 
 
 @settings(max_examples=300, deadline=None)
@@ -24,8 +28,8 @@ def test_pieces_cover_the_rows_in_order(rows, row_bytes):
     n = len(cuts) - 1
     assert 1 <= n <= _packets.MAX_PIECES
     if n < _packets.MAX_PIECES:        # below the cap, no piece is much above the target size
-        assert max(b - a for a, b in zip(cuts, cuts[1:])) * row_bytes <= _packets.PIECE_BYTES + row_bytes
-    if rows * row_bytes <= _packets.PIECE_BYTES:
+        assert max(b - a for a, b in zip(cuts, cuts[1:])) * row_bytes <= PIECE + row_bytes
+    if rows * row_bytes <= PIECE:
         assert cuts == [0, rows]
 
 
@@ -111,3 +115,19 @@ def test_check_piece_rejects_a_piece_at_another_offset():
     assert _packets.check_piece(header, offset=4096, **expected)["offset"] == 4096
     with pytest.raises(MismatchError, match="rank 3 sent a piece at offset 4096, this rank expects offset 0"):
         _packets.check_piece(header, offset=0, **expected)
+
+
+@pytest.mark.parametrize("raw, error", [("abc", "not an integer"), ("8", "must be >= 16")])
+def test_piece_size_setting_errors(monkeypatch, raw, error):
+    from multiwrite import _config
+    monkeypatch.setenv("MULTIWRITE_PIECE_KIB", raw)
+    with pytest.raises(ValueError, match=error):
+        _config.piece_bytes()
+
+
+def test_piece_size_setting(monkeypatch):
+    from multiwrite import _config
+    monkeypatch.delenv("MULTIWRITE_PIECE_KIB", raising=False)
+    assert _config.piece_bytes() == 2 << 20
+    monkeypatch.setenv("MULTIWRITE_PIECE_KIB", "256")
+    assert _config.piece_bytes() == 256 << 10

@@ -119,7 +119,7 @@ def main():
         for case in ("uniform", "skewed", "one_node", "all_none", "empty"):
             for mode in ("multiwrite", "unicast"):
                 run_case(buf, case, 12, H, E, k, dtype, mode, check_bytes=True)
-    # large enough that packets travel in several pieces (> 512 KiB per node pair)
+    # large enough that packets travel in several pieces with MULTIWRITE_PIECE_KIB=256 (test_moe_mp)
     for mode in ("multiwrite", "unicast"):
         run_case(buf, "uniform", 300, 1024, E, k, torch.float32, mode, check_bytes=False)
     # both modes: identical dispatch, combine within 1e-5, bitwise deterministic
