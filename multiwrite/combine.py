@@ -22,8 +22,9 @@ from .errors import MismatchError, MultiwriteTimeout
 from .group import resolve, tag_for
 
 OP = _packets.WIN_COMBINE
-#: Tokens summed between two calls of the transport's progress (a few hundred us of work).
+#: Tokens summed between two chances to call the transport's progress (a few hundred us of work).
 _PROGRESS_TOKENS = 32
+_PROGRESS_INTERVAL_S = 1e-3
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
 
 
@@ -73,7 +74,7 @@ def combine(y, handle, *, group=None):
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
     tag = tag_for(OP, seq)
     ready = (2 * seq) & 0xFFFFFFFF
-    progress = g.transport.progress
+    progress = _Progress(g.transport)
     deadline = time.monotonic() + g.timeout_s
 
     # 1. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
@@ -220,6 +221,22 @@ def combine(y, handle, *, group=None):
     # 4. Sum the partials of every token across units, in unit order (deterministic).
     _core.gather_reduce(partials, index, _typed(out_np, dtype, T, H))
     return out
+
+
+class _Progress:
+    """Calls the transport's progress() at most every _PROGRESS_INTERVAL_S: Open MPI run with
+    mpi_yield_when_idle sleeps (~50 us) inside every progress call that finds nothing to do, and
+    calling it after every chunk of work cost combine ~4.5 ms (T=256, 2 x 4 virtual cluster: 95.4 vs
+    90.8 ms, mean of four interleaved runs)."""
+
+    def __init__(self, transport):
+        self.transport, self.last = transport, 0.0
+
+    def __call__(self):
+        now = _pc()
+        if now - self.last >= _PROGRESS_INTERVAL_S:
+            self.last = now
+            self.transport.progress()
 
 
 def _staged(g, what, shared, s, ready):

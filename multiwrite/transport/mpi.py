@@ -77,6 +77,7 @@ class MPITransport(Transport):
 
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
+        # With mpi_yield_when_idle it also sleeps when there was nothing to do: callers rate-limit.
         self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
 
     def allgather_obj(self, obj):
