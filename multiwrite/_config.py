@@ -38,31 +38,29 @@ def timeout_s() -> float:
 DEFAULT_PIECE_KIB = 2048
 
 
-def piece_bytes() -> int:
-    """MULTIWRITE_PIECE_KIB: target size of the pieces large dispatch/combine packets travel in
-    (default 2048 KiB). Both ends derive the cuts from it: every rank must use the same value."""
-    raw = os.environ.get("MULTIWRITE_PIECE_KIB", str(DEFAULT_PIECE_KIB))
+def _int_setting(name, minimum, default=None):
+    """Integer environment setting ``name`` (>= ``minimum``), or ``default`` when unset or empty."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"MULTIWRITE_PIECE_KIB={raw!r} is not an integer") from None
-    if value < 16:
-        raise ValueError(f"MULTIWRITE_PIECE_KIB={raw!r} must be >= 16")
-    return value << 10
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def piece_bytes() -> int:
+    """MULTIWRITE_PIECE_KIB: target size of the pieces large dispatch/combine packets travel in
+    (default 2048 KiB). Both ends derive the cuts from it: every rank must use the same value."""
+    return _int_setting("MULTIWRITE_PIECE_KIB", 16, DEFAULT_PIECE_KIB) << 10
 
 
 def ranks_per_node():
     """MULTIWRITE_RANKS_PER_NODE=L groups consecutive ranks into emulated nodes (None = detect)."""
-    raw = os.environ.get("MULTIWRITE_RANKS_PER_NODE")
-    if raw in (None, ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"MULTIWRITE_RANKS_PER_NODE={raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"MULTIWRITE_RANKS_PER_NODE={raw!r} must be >= 1")
-    return value
+    return _int_setting("MULTIWRITE_RANKS_PER_NODE", 1)
 
 
 def launched_by_mpi() -> bool:
