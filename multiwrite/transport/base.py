@@ -108,10 +108,12 @@ class Transport:
         raise NotImplementedError
 
     def progress(self) -> None:
-        """Let pending messages move while this rank computes (cheap; call between chunks of work).
-        MPI moves a large message only inside MPI calls on both sides (rendezvous handshake, then
-        fragments), so a rank busy in a long copy or reduction stalls its peers' transfers. Gloo
-        progresses on its own threads: nothing to do."""
+        """Let pending messages move while this rank computes (call between chunks of work, at most
+        every ~1 ms: Open MPI with mpi_yield_when_idle sleeps ~50 us in a call that finds nothing to
+        do). MPI moves a large message only inside MPI calls on both sides (rendezvous handshake,
+        then fragments), so a rank busy in a long copy or reduction stalls its peers' transfers.
+        Gloo progresses on its own threads: nothing to do. Never raises: a failed peer shows up on
+        the requests themselves."""
 
     # -- control collectives (small data) ------------------------------------------------------
     def allgather_obj(self, obj) -> list:

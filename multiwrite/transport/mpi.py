@@ -78,7 +78,10 @@ class MPITransport(Transport):
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
         # With mpi_yield_when_idle it also sleeps when there was nothing to do: callers rate-limit.
-        self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
+        try:
+            self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
+        except self.MPI.Exception:
+            pass    # e.g. a dead peer (ULFM): reported by the request that waits for it
 
     def allgather_obj(self, obj):
         # A non-blocking allgather polled with our timeout, so a missing peer cannot hang us.
