@@ -239,33 +239,28 @@ class _Progress:
             self.transport.progress()
 
 
+def _staged_by(g, what, shared, s, j, ready):
+    """True when local rank ``j`` has staged its rows of source ``s`` (its flag reached ``ready``);
+    MismatchError when it failed (flag ``ready + 1``)."""
+    flag = _core.atomic_load_u32(shared, 4 * (s * g.topo.local_size + j))
+    if flag == (ready + 1) & 0xFFFFFFFF:
+        raise MismatchError(f"{what}: rank {g.topo.local_ranks[j]} of this node failed while staging its rows")
+    return flag >= ready
+
+
 def _staged(g, what, shared, s, ready):
     """True when every local rank has staged its rows of source ``s`` (no waiting)."""
-    L = g.topo.local_size
-    for j in range(L):
-        flag = _core.atomic_load_u32(shared, 4 * (s * L + j))
-        if flag == (ready + 1) & 0xFFFFFFFF:
-            raise MismatchError(f"{what}: rank {g.topo.local_ranks[j]} of this node failed while staging its rows")
-        if flag < ready:
-            return False
-    return True
+    return all(_staged_by(g, what, shared, s, j, ready) for j in range(g.topo.local_size))
 
 
 def _wait_staged(g, what, shared, s, ready, deadline, sends):
-    """Wait until every local rank has staged its rows of source ``s`` (its flag reaches ``ready``;
-    ``ready + 1``: that rank failed). Pending MPI sends are polled meanwhile: a large message moves
-    only while its sender calls into MPI."""
+    """Wait until every local rank has staged its rows of source ``s`` (see _staged_by). Pending MPI
+    sends are polled meanwhile: a large message moves only while its sender calls into MPI."""
     L = g.topo.local_size
     pollable = g.transport.completes_in_test
     pending = [q for q in sends if not q.test()] if pollable else []
     for j in range(L):
-        offset = 4 * (s * L + j)
-        while True:
-            flag = _core.atomic_load_u32(shared, offset)
-            if flag == (ready + 1) & 0xFFFFFFFF:
-                raise MismatchError(f"{what}: rank {g.topo.local_ranks[j]} of this node failed while staging its rows")
-            if flag >= ready:
-                break
+        while not _staged_by(g, what, shared, s, j, ready):
             now = time.monotonic()
             if now > deadline:
                 raise MultiwriteTimeout(
@@ -273,4 +268,4 @@ def _wait_staged(g, what, shared, s, ready, deadline, sends):
                     f"node to stage its rows (died, hangs, or called a different operation)")
             if pending:
                 pending = [q for q in pending if not q.test()]
-            _core.wait_u32_ge(shared, offset, ready, 5e-5 if pending else min(deadline - now, 0.05))
+            _core.wait_u32_ge(shared, 4 * (s * L + j), ready, 5e-5 if pending else min(deadline - now, 0.05))
