@@ -179,16 +179,67 @@ def test_switch_side_shaped_incast():
     assert r["senders"] == 2 and r["seconds"] >= 0.3, r
 
 
+def _delay_line_used(p):
+    """Which user-space delay line a run used ("c" / "python"), None without one (netem)."""
+    m = re.search(r"vcluster: delay line: (c|python)\b", p.stderr)
+    return m.group(1) if m else None
+
+
+_has_cc = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
 @vcl
-def test_delay_rtt():
+@pytest.mark.parametrize("line", ["c", "python"])
+def test_delay_rtt(line):
+    if line == "c" and not _has_cc:
+        pytest.skip("no C compiler for launch/delayline.c")
     prefix = new_prefix("d")
-    p = vc(["--nodes", "2", "--delay", "5ms", "--timeout", "60"],
+    p = vc(["--nodes", "2", "--delay", "5ms", "--delay-line", line, "--timeout", "60"],
            [PY, os.path.join(PROGS, "netprobe.py"), "rtt", "10"], prefix=prefix)
     assert p.returncode == 0, explain(p)
     (r,) = results(p.stdout)
     assert r["min_us"] >= 10_000, r
     # documented semantics: 5 ms per link and direction, two links per path -> RTT >= 4 * 5 ms
     assert r["min_us"] >= 19_500, r
+    assert r["median_us"] < 30_000, r          # and not much more (the line holds, it does not stall)
+    if _delay_line_used(p) is not None:       # a kernel with netem needs no delay line
+        assert _delay_line_used(p) == line, explain(p)
+        # its teardown report: every frame forwarded, none dropped, its own CPU time
+        m = re.search(r"delay line: forwarded (\d+) frames .* dropped (\d+) .* \+ (\d+) \(socket buffer\); "
+                      r"CPU [0-9.]+ s user", p.stderr)
+        assert m and int(m.group(1)) >= 20 and m.group(2) == "0" and m.group(3) == "0", explain(p)
+
+
+@vcl
+@pytest.mark.skipif(not _has_cc, reason="no C compiler for launch/delayline.c")
+def test_c_delay_line_carries_bulk_at_the_shaped_rate():
+    """The C delay line forwards GSO super-packets intact: 4 MB each way arrive, no faster than the
+    shaped 50 Mbit/s and without drops; auto picks it when a compiler is there."""
+    prefix = new_prefix("cb")
+    p = vc(["--nodes", "2", "--rate", "50mbit", "--delay", "200us", "--timeout", "60"],
+           [PY, os.path.join(PROGS, "netprobe.py"), "bulk", "4000000"], prefix=prefix)
+    assert p.returncode == 0, explain(p)
+    if _delay_line_used(p) is None:
+        pytest.skip("this kernel has sch_netem: no user-space delay line")
+    assert _delay_line_used(p) == "c", explain(p)
+    res = {r["direction"]: r for r in results(p.stdout)}
+    assert set(res) == {"0->1", "1->0"}, explain(p)
+    for d, r in res.items():
+        assert 0.55 <= r["seconds"] < 5, f"{d}: {r} (4 MB at 50 Mbit/s take >= 0.64 s)"
+    m = re.search(r"dropped (\d+) \(queue full or send error\) \+ (\d+)", p.stderr)
+    assert m and m.groups() == ("0", "0"), explain(p)
+
+
+def test_delay_line_c_build_error_is_clear(tmp_path, monkeypatch):
+    """--delay-line c without a working compiler is an error that says why (auto falls back)."""
+    m = _load_module()
+    monkeypatch.setattr(m, "BIN_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(m.shutil, "which", lambda name: None)
+    with pytest.raises(Exception) as e:
+        m.delayline_program("c")
+    assert "--delay-line c" in str(e.value)
+    assert m.delayline_program("auto") is None and m.delayline_program("python") is None
 
 
 @vcl
