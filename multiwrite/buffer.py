@@ -15,6 +15,8 @@ class Buffer:
     >>> recv_x, recv_topk_idx, recv_topk_weights, num_recv_tokens_per_expert, handle = \\
     ...     buf.dispatch(x, topk_idx, topk_weights, num_experts)
     >>> y = buf.combine(expert_out, handle)      # [T, H] back on the source rank
+    >>> out = buf.get_combine_buffer(handle)     # or zero-copy: experts write into the node buffer
+    >>> out.copy_(expert_out); y = buf.combine(out, handle)
 
     mode: None (MULTIWRITE_MODE), "multiwrite" (one copy per destination node) or "unicast" (one copy
     per destination rank). ``group`` may be a multiwrite Group or a torch ProcessGroup created with the
@@ -35,6 +37,11 @@ class Buffer:
         recv_topk_weights float32 [R, k], num_recv_tokens_per_expert list[int], handle)."""
         return _dispatch.dispatch(x, topk_idx, topk_weights, num_experts, handle=handle, group=self.group,
                                   mode=self.mode)
+
+    def get_combine_buffer(self, handle, hidden=None, dtype=None):
+        """See :func:`multiwrite.combine.get_combine_buffer`: the [R, hidden] tensor to write expert
+        outputs into for the next ``combine`` (zero-copy in MultiWrite mode; node-collective)."""
+        return _combine.get_combine_buffer(handle, hidden, dtype, group=self.group)
 
     def combine(self, y, handle):
         """y [R, H'] (rows of ``dispatch``'s recv_x order) -> [T, H'] summed on the source rank."""

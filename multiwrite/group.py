@@ -74,6 +74,10 @@ class Group:
         self._private = {}          # name -> numpy buffer private to this rank
         self._closed = False
         self._rounds = 0
+        # combine's zero-copy input: (handle seq, hidden, dtype, address) of the block that
+        # get_combine_buffer handed out for the next combine, and the address of the last one handed out
+        self.combine_input = None
+        self.combine_block = None
         self._round_target = [0, 0]
         if self.topo.rank == self.topo.leader:
             # Segments a killed leader could not unlink: a live one is unlinked at most two timeouts

@@ -20,7 +20,8 @@ step and the rank):
 * ``dispatch``   mw.Buffer.dispatch with random token counts per rank (0 included), hidden size, dtype,
   E, k and routing (uniform, uniform with -1 slots, Zipf-skewed, all to one node, none at all),
   random mode, sometimes repeated with the handle (cached dispatch) on new data;
-* ``combine``    mw.Buffer.combine of that dispatch's rows (small integers, so sums are exact).
+* ``combine``    mw.Buffer.combine of that dispatch's rows (small integers, so sums are exact); half of
+                 the calls write them in place into Buffer.get_combine_buffer's zero-copy buffer.
 
 Every result is compared byte for byte with a reference each rank computes locally from the seeds
 (never from what the network delivered). Rank 0 shows a progress bar on stderr (ops, bytes verified,
@@ -523,6 +524,8 @@ class Stress:
         tok = torch.tensor([t for _, t in ref["rows"]], dtype=torch.int64)
         col = torch.arange(H, dtype=torch.int64)
         y = ((3 * src[:, None] + 5 * tok[:, None] + 7 * me + col[None, :] + i) % 8).to(dtype)
+        if rng.random() < 0.5:     # half of the calls take their input in place (get_combine_buffer)
+            y = buf.get_combine_buffer(handle, H, dtype).copy_(y)
         t0 = time.perf_counter()
         out = buf.combine(y, handle)
         dt = time.perf_counter() - t0

@@ -14,6 +14,7 @@ Conventions (DESIGN.md section 8):
   link rate + one node-to-node latency; ``time/bound`` = time / bound.
 """
 import argparse
+import ctypes
 import datetime
 import json
 import math
@@ -399,10 +400,18 @@ def count_wrong_elements(got, expected, esize):
     a, b = _as_bytes(got), _as_bytes(expected)
     if a.nbytes != b.nbytes:
         return max(a.nbytes, b.nbytes) // max(esize, 1)
+    if _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0:
+        return 0        # the usual case, without the element-wise temporaries (memcmp: ~1.6 ms per 11 MB)
     view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(esize)
     if view is None or a.nbytes % esize:
         return int(np.count_nonzero(a != b))
     return int(np.count_nonzero(a.view(view) != b.view(view)))
+
+
+_libc = ctypes.CDLL(None)
+_memcmp = _libc.memcmp
+_memcmp.restype = ctypes.c_int
+_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 
 
 def _as_bytes(x):

@@ -82,6 +82,11 @@ def add_workload_arguments(parser):
     g.add_argument("-T", "--tokens", default="256",
                    help="tokens per rank: a number, a list 64,256 or a range LO..HI in steps of -f (default %(default)s)")
     g.add_argument("--routing", choices=ROUTINGS, default="uniform", help="expert choice (default %(default)s)")
+    g.add_argument("--combine-input", choices=("zero-copy", "copy"), default="zero-copy",
+                   help="multiwrite combine's input: zero-copy = the expert outputs are written (untimed, like "
+                        "every implementation's input) into the node buffer Buffer.get_combine_buffer hands out "
+                        "(DeepEP's zero-copy combine buffer); copy = an ordinary tensor that combine copies into "
+                        "the node buffer, timed (default %(default)s; unicast always copies)")
     g.add_argument("--zipf", type=float, default=1.2,
                    help="skewed routing: Zipf exponent s, popularity of the i-th most popular expert ~ 1/i^s "
                         "(default %(default)s)")
@@ -167,7 +172,8 @@ class Workload:
         self.idx, self.w = self.idx_all[me], self.w_all[me]
         self.x = X[me].clone()
         self.x_bytes = self.x.view(torch.uint8).numpy()          # [T, rb]
-        self.col8 = (torch.arange(self.H) % 8).to(torch.int64)
+        self.col8_dt = (torch.arange(self.H) % 8).to(self.dtype)
+        self.exp_out = self.y_dedup = self.y_pe = None
 
         # dispatch reference, rank-dedup order (source rank, token): mpi and multiwrite
         src, tok, rows_x, rows_idx, rows_w = [], [], [], [], []
@@ -272,23 +278,36 @@ class Workload:
         self._combine_refs(it)
 
     def _combine_refs(self, it):
-        dt = self.dtype
+        """Expert outputs and the combine reference of iteration ``it``, written in place into buffers
+        made once per size: every value is a small integer (< 256, exact in bf16/fp16/fp32), so no
+        [rows, H] integer temporaries are needed. Fresh [rows, H] temporaries every iteration (~250 MB
+        per rank at T=256) made the ranks fault in new pages between the timed calls, which on a
+        virtual machine slows the transfers that follow (docs/benchmarks.md)."""
+        col8 = self.col8_dt
+        if self.exp_out is None:
+            self.exp_out = torch.empty(self.T, self.H, dtype=self.dtype)
+            self.y_dedup = torch.empty(len(self.exp_src), self.H, dtype=self.dtype)
+            self.y_pe = torch.empty(len(self.pe_src), self.H, dtype=self.dtype)
         # source side: out[t] = sum over valid experts e of (a(me, t, e) + col % 8)
         ids = self.idx
         t = torch.arange(self.T)[:, None].expand_as(ids)
         a = torch.where(ids >= 0, _a(self.me, t, ids, it), torch.zeros_like(ids))
-        kt = (ids >= 0).sum(1)
-        self.exp_out = (a.sum(1)[:, None] + kt[:, None] * self.col8[None, :]).to(dt)
+        _rows_plus_col8(self.exp_out, a.sum(1), (ids >= 0).sum(1), col8)
         # rank-dedup rows (mpi, multiwrite, unicast): pre-summed over this rank's experts
         g = self.dedup_local_global
         src = torch.from_numpy(self.exp_src)[:, None].expand_as(g)
         tok = torch.from_numpy(self.exp_tok)[:, None].expand_as(g)
         a = torch.where(g >= 0, _a(src, tok, g, it), torch.zeros_like(g))
-        n = (g >= 0).sum(1)
-        self.y_dedup = (a.sum(1)[:, None] + n[:, None] * self.col8[None, :]).to(dt)
+        _rows_plus_col8(self.y_dedup, a.sum(1), (g >= 0).sum(1), col8)
         # per-expert rows (gloo)
         a = _a(torch.from_numpy(self.pe_src), torch.from_numpy(self.pe_tok), self.pe_exp, it)
-        self.y_pe = (a[:, None] + self.col8[None, :]).to(dt)
+        _rows_plus_col8(self.y_pe, a, torch.ones_like(a), col8)
+
+
+def _rows_plus_col8(out, base, times, col8):
+    """out[r, c] = base[r] + times[r] * (c % 8), in place (col8: c % 8 in out's dtype)."""
+    torch.mul(times.to(out.dtype)[:, None], col8[None, :], out=out)
+    out.add_(base.to(out.dtype)[:, None])
 
 
 def _wrong(got, expected):
@@ -466,14 +485,25 @@ class GlooCombine(_CombineBase):
 class MWCombine(_CombineBase):
     uses_mw = True
 
-    def __init__(self, ctx, wl, mode):
+    def __init__(self, ctx, wl, mode, zero_copy=True):
         self.name = mode
         super().__init__(ctx, wl, MWDispatch(ctx, wl, mode))
         self.buf = self.dispatcher.buf
         self.handle = self.layout[4]
+        self.zero_copy = zero_copy and mode == "multiwrite"
+        self.y = None
+
+    def prepare(self, it):
+        super().prepare(it)
+        self.y = self.wl.y_dedup
+        if self.zero_copy:
+            # The experts' outputs land in the buffer combine reads (DeepEP's zero-copy convention),
+            # written untimed like every implementation's input.
+            self.y = self.buf.get_combine_buffer(self.handle)
+            self.y.copy_(self.wl.y_dedup)
 
     def run(self):
-        self.out = self.buf.combine(self.wl.y_dedup, self.handle)
+        self.out = self.buf.combine(self.y, self.handle)
 
     def inter_bytes(self):
         import multiwrite as mw
@@ -483,7 +513,7 @@ class MWCombine(_CombineBase):
 # ---------------------------------------------------------------------------------------------------
 # driver
 
-def _impls(ctx, op, names, wl):
+def _impls(ctx, op, names, wl, combine_zero_copy=True):
     out = []
     for n in names:
         if op == "dispatch":
@@ -491,7 +521,8 @@ def _impls(ctx, op, names, wl):
                        else MWDispatch(ctx, wl, n))
         else:
             out.append(MPICombine(ctx, wl, MPIDispatch(ctx, wl)) if n == "mpi" else
-                       GlooCombine(ctx, wl, GlooDispatch(ctx, wl)) if n == "gloo" else MWCombine(ctx, wl, n))
+                       GlooCombine(ctx, wl, GlooDispatch(ctx, wl)) if n == "gloo" else
+                       MWCombine(ctx, wl, n, combine_zero_copy))
     return out
 
 
@@ -512,7 +543,7 @@ def bench(ctx, args, op, tokens=None):
     rows = []
     for T in tokens:
         wl = Workload(ctx, args, T)
-        impls = _impls(ctx, op, names, wl)
+        impls = _impls(ctx, op, names, wl, args.combine_input == "zero-copy")
         size = T * row_bytes
         progress(f"T={T} tokens per rank ({format_size(size)}): {len(impls)} implementations x "
                  f"{args.warmup_iters}+{args.iters} iterations", force=True)
@@ -537,6 +568,8 @@ def bench(ctx, args, op, tokens=None):
     meta = common.run_metadata(ctx, args, rate, delay_us, rate_src)
     meta.update(dtype=args.dtype, experts=args.experts, topk=args.topk, hidden=args.hidden, routing=args.routing,
                 zipf=args.zipf if args.routing == "skewed" else None, tokens=list(tokens))
+    if op == "combine":
+        meta["combine_input"] = args.combine_input
     rt = f"{args.routing}" + (f" (Zipf s={args.zipf:g})" if args.routing == "skewed" else "")
     what = "MoE dispatch" if op == "dispatch" else "MoE combine"
     return {"benchmark": op, "meta": meta, "rows": rows, "size_label": f"bytes of x per rank (T x {args.hidden} x {esize} B)",

@@ -109,6 +109,63 @@ def run_case(buf, case, T, H, E, k, dtype, mode, check_bytes):
     return recv_x, y, yw, handle
 
 
+def zero_copy_checks(buf, a, b):
+    """get_combine_buffer: expert outputs written in place give the bitwise same combine as passing
+    them as an ordinary tensor (both modes, another hidden size/dtype, some ranks only, a buffer that
+    grows); reusing the buffer of an earlier combine, or ranks of a node asking for different sizes,
+    raise on every rank and the next combine works."""
+    topo = mw.topology()
+    for recv_x, y_ref, _, handle in (a, b):
+        out = buf.get_combine_buffer(handle)
+        assert out.shape == recv_x.shape and out.dtype == recv_x.dtype, (out.shape, out.dtype)
+        out.copy_(recv_x)
+        assert torch.equal(buf.combine(out, handle), y_ref), f"{handle.mode}: zero-copy combine differs"
+        if handle.mode == "multiwrite":
+            assert out.data_ptr() == mw.default_group().combine_block    # in the node buffer, not a copy
+        # another hidden size and dtype than the dispatched rows; larger: the node buffer grows
+        wide = torch.cat([recv_x, -recv_x, recv_x * 0.5], 1).to(torch.bfloat16)
+        out = buf.get_combine_buffer(handle, hidden=wide.shape[1], dtype=torch.bfloat16)
+        out.copy_(wide)
+        want = buf.combine(wide, handle)
+        assert want.dtype == torch.bfloat16 and want.shape[1] == wide.shape[1]
+        out = buf.get_combine_buffer(handle, hidden=wide.shape[1], dtype=torch.bfloat16)
+        out.copy_(wide)
+        assert torch.equal(buf.combine(out, handle).view(torch.int16), want.view(torch.int16))
+        # only rank 0 writes in place, the others pass their own tensors
+        out = buf.get_combine_buffer(handle)
+        if topo.rank == 0:
+            out.copy_(recv_x)
+        assert torch.equal(buf.combine(out if topo.rank == 0 else recv_x.clone(), handle), y_ref)
+    recv_x, y_ref, _, handle = a
+    out = buf.get_combine_buffer(handle)
+    out.copy_(recv_x)
+    buf.combine(out, handle)
+    try:                                       # the same tensor again, without get_combine_buffer
+        buf.combine(out, handle)
+    except ValueError as e:
+        assert "earlier combine" in str(e), str(e)
+    else:
+        raise AssertionError("reuse of a zero-copy combine buffer not reported")
+    # the ranks of a node ask for different hidden sizes: ordinary memory, combine raises everywhere
+    hid = 32 if topo.rank == 1 else recv_x.shape[1]
+    out = buf.get_combine_buffer(handle, hidden=hid)
+    try:
+        buf.combine(out.zero_(), handle)
+    except mw.MismatchError as e:
+        assert "disagree" in str(e) and "hidden" in str(e), str(e)
+    else:
+        raise AssertionError("combine buffers of different sizes not reported")
+    out = buf.get_combine_buffer(handle)
+    out.copy_(recv_x)
+    assert torch.equal(buf.combine(out, handle), y_ref), "zero-copy combine after errors"
+    try:
+        mw.Buffer(mode="multiwrite").get_combine_buffer(handle, dtype=torch.int32)
+    except ValueError as e:
+        assert "float32" in str(e), str(e)
+    else:
+        raise AssertionError("get_combine_buffer with an integer dtype not reported")
+
+
 def main():
     mw.init()
     topo = mw.topology()
@@ -129,6 +186,7 @@ def main():
     assert torch.equal(a[0], b[0])
     assert torch.allclose(a[2], b[2], rtol=1e-5, atol=0), (a[2] - b[2]).abs().max()
     assert torch.equal(a[1], a2[1]) and torch.equal(a[2], a2[2]), "combine is not deterministic"
+    zero_copy_checks(buf, a, b)
     # cached dispatch reuses the layout
     x2 = tokens(topo.rank, 40 + topo.rank, 64, torch.float32) * 2
     c = buf.dispatch(x2, handle=a[3])
