@@ -1,6 +1,8 @@
 """Two-part MultiWrite packets on the transport: a 64-byte header message followed, on the same tag,
 by the payload message (so payloads land straight in their destination memory, no copy). The header
 is built and validated by the C++ core (see docs/core_api.md)."""
+import time
+
 import numpy as np
 
 from . import _core
@@ -177,6 +179,23 @@ class PieceSender:
                     self.g.wait_all(self._in_flight[dst][0], what)
             self.pump()
         self.g.wait_all(self.requests, what)
+
+
+class Progress:
+    """Calls the transport's progress() at most once per ``interval_s`` (between chunks of local work,
+    so that rendezvous handshakes and fragments move: Open MPI moves a large message only while both
+    ends are inside MPI). Rate-limited because Open MPI run with mpi_yield_when_idle sleeps (~50 us)
+    inside every progress call that finds nothing to do: calling it after every chunk of work cost
+    combine ~4.5 ms (T=256, 2 x 4 virtual cluster: 95.4 vs 90.8 ms, mean of four interleaved runs)."""
+
+    def __init__(self, transport, interval_s=1e-3):
+        self.transport, self.interval_s, self.last = transport, interval_s, 0.0
+
+    def __call__(self):
+        now = time.perf_counter()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self.transport.progress()
 
 
 def header_buffers(group, name, count):

@@ -24,6 +24,8 @@ SMALL_MAX_BYTES = 64 * 1024
 #: every rank sends its own chunk to its relay on each other node (messages stay below MPI's eager
 #: limit, and several ranks share the sending work).
 AGGREGATE_MAX_BYTES = 32 * 1024
+#: Large path: bytes copied between two chances to call the transport's progress.
+_COPY_SLICE = 1 << 20
 TRACE = None                # a list: (label, perf_counter) of the small path's phases (profiling)
 _SMALL, _LARGE = 1, 2       # path id in the node signature: ranks on different paths disagree
 
@@ -105,15 +107,26 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
             _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
                            window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
 
+    # The chunks of my node are in the staging buffer once every local rank passed this barrier: copy
+    # them into my output while the remote chunks are still on the wire (half of the copying at
+    # N = 2; unicast: all of it, since remote chunks land straight in the output).
+    if mismatch is None and topo.local_size > 1:
+        g.node_barrier(what)
+    if mismatch is None:
+        progress = _packets.Progress(g.transport)
+        for s in topo.local_ranks:
+            at = topo.local_rank_of[s] * c if unicast else s * c
+            for a in range(0, c, _COPY_SLICE):      # the transport moves the transfer in between
+                b = min(a + _COPY_SLICE, c)
+                out[s * c + a:s * c + b] = staging[at + a:at + b]
+                progress()
+
     error = _packets.complete(g, what, recvs, sends, check_headers, mismatch)
     g.node_sync(what, error)   # every chunk of the node is in the staging buffer (or all ranks raise)
 
-    if unicast:
-        for s in topo.local_ranks:
-            lr = topo.local_rank_of[s]
-            out[s * c:(s + 1) * c] = staging[lr * c:(lr + 1) * c]
-    else:
-        out[:] = staging[:P * c]
+    if not unicast:
+        for s in remote:
+            out[s * c:(s + 1) * c] = staging[s * c:(s + 1) * c]
     return out
 
 

@@ -29,7 +29,6 @@ from .group import resolve, tag_for
 OP = _packets.WIN_COMBINE
 #: Tokens summed between two chances to call the transport's progress (a few hundred us of work).
 _PROGRESS_TOKENS = 32
-_PROGRESS_INTERVAL_S = 1e-3
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
 
 
@@ -91,7 +90,7 @@ def combine(y, handle, *, group=None):
     window_id = OP + 256 * _dtypes.code(str(dtype).replace("torch.", ""))
     tag = tag_for(OP, seq)
     ready = (2 * seq) & 0xFFFFFFFF
-    progress = _Progress(g.transport)
+    progress = _packets.Progress(g.transport)
     deadline = time.monotonic() + g.timeout_s
 
     # 1. Units whose partial rows come back to me: nodes (MultiWrite) or own node + ranks (unicast).
@@ -140,10 +139,7 @@ def combine(y, handle, *, group=None):
     #    partial starts as soon as that source is complete: remote sources first, whose partials cross
     #    the network. A done word per local rank says it finished reading the staging area (the next
     #    combine waits for all of them instead of a node barrier).
-    rows = handle.local_recv_rows
-    base = np.zeros(L + 1, dtype=np.int64)
-    np.cumsum(rows, out=base[1:])
-    fbytes = flag_bytes(P * L + L)
+    fbytes, base = _node_layout(g, handle)
     shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)   # same size on every local rank
     staging = shared[fbytes:]
     stage = _typed(staging, dtype, int(base[-1]), H)
@@ -241,6 +237,15 @@ def combine(y, handle, *, group=None):
     return out
 
 
+def _node_layout(g, handle):
+    """combine's node buffer: (bytes of its flags and done words, first staging row of each local
+    rank's block, int64 [L + 1]); rank j's block is rows base[j]..base[j+1] (MultiWrite mode: its whole y)."""
+    L = g.topo.local_size
+    base = np.zeros(L + 1, dtype=np.int64)
+    np.cumsum(handle.local_recv_rows, out=base[1:])
+    return flag_bytes(g.size * L + L), base
+
+
 def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
     """The tensor to write this rank's expert outputs into for the next ``combine`` with ``handle``:
     [R, hidden] of ``dtype`` (defaults: the dispatched rows' hidden size and dtype), R = the rows
@@ -269,12 +274,9 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
     R, rb = handle.num_recv_tokens, H * esize
     if handle.mode == "unicast" or not R or not rb:
         return empty_tensor((R, H), dtype)
-    topo = g.topo
-    P, L, lr = g.size, topo.local_size, topo.local_rank
     what = "get_combine_buffer"
-    base = np.zeros(L + 1, dtype=np.int64)
-    np.cumsum(handle.local_recv_rows, out=base[1:])
-    fbytes = flag_bytes(P * L + L)
+    lr = g.topo.local_rank
+    fbytes, base = _node_layout(g, handle)
     # The node barrier inside makes every local rank be past its previous combine (which read the
     # staging area) and lets all of them grow the shared area together.
     need, mismatch = g.node_agree(what, (OP, H, _dtypes.code(str(dtype).replace("torch.", "")), handle.seq),
@@ -288,22 +290,6 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
     g.combine_input = (handle.seq, H, dtype, block.ctypes.data)
     g.combine_block = block.ctypes.data
     return torch.from_numpy(block).view(dtype).reshape(R, H)
-
-
-class _Progress:
-    """Calls the transport's progress() at most every _PROGRESS_INTERVAL_S: Open MPI run with
-    mpi_yield_when_idle sleeps (~50 us) inside every progress call that finds nothing to do, and
-    calling it after every chunk of work cost combine ~4.5 ms (T=256, 2 x 4 virtual cluster: 95.4 vs
-    90.8 ms, mean of four interleaved runs)."""
-
-    def __init__(self, transport):
-        self.transport, self.last = transport, 0.0
-
-    def __call__(self):
-        now = _pc()
-        if now - self.last >= _PROGRESS_INTERVAL_S:
-            self.last = now
-            self.transport.progress()
 
 
 def _staged_by(g, what, shared, s, j, ready):
