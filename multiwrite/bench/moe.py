@@ -281,8 +281,8 @@ class Workload:
         """Expert outputs and the combine reference of iteration ``it``, written in place into buffers
         made once per size: every value is a small integer (< 256, exact in bf16/fp16/fp32), so no
         [rows, H] integer temporaries are needed. Fresh [rows, H] temporaries every iteration (~250 MB
-        per rank at T=256) made the ranks fault in new pages between the timed calls, which on a
-        virtual machine slows the transfers that follow (docs/benchmarks.md)."""
+        per rank at T=256) cost ~90 ms of CPU per rank between the timed calls on the 2 x 4 virtual
+        cluster, mostly page faults (a fresh page costs 7-16 us on that VM; docs/benchmarks.md)."""
         col8 = self.col8_dt
         if self.exp_out is None:
             self.exp_out = torch.empty(self.T, self.H, dtype=self.dtype)
