@@ -12,7 +12,9 @@
 // prints its frame/drop counts on stderr and exits 0.
 //
 // Why C: the Python line costs about 1/3 of a core per Gbit/s of traffic, CPU that a real wire does not
-// take from the ranks of a 2-core host; this one forwards the same frames with a few percent of a core.
+// take from the ranks of a 2-core host. Measured over a combine benchmark on the 2 x 4 virtual cluster:
+// 0.54 s user + 3.64 s system here against 2.57 + 4.38 s for the Python line (the system part is the
+// kernel's forwarding, which both pay). VCLUSTER_DELAYLINE_EARLY_US overrides the early wake-up below.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
