@@ -272,13 +272,14 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
     if H < 0:
         raise ValueError(f"get_combine_buffer: hidden must be >= 0, got {H}")
     R, rb = handle.num_recv_tokens, H * esize
-    if handle.mode == "unicast" or not R or not rb:
+    if handle.mode == "unicast":          # the same on every rank: the handle is of one dispatch call
         return empty_tensor((R, H), dtype)
     what = "get_combine_buffer"
     lr = g.topo.local_rank
     fbytes, base = _node_layout(g, handle)
     # The node barrier inside makes every local rank be past its previous combine (which read the
-    # staging area) and lets all of them grow the shared area together.
+    # staging area) and lets all of them grow the shared area together. A rank that received no rows
+    # takes part too: its node peers wait for it.
     need, mismatch = g.node_agree(what, (OP, H, _dtypes.code(str(dtype).replace("torch.", "")), handle.seq),
                                   need_bytes=fbytes + int(base[-1]) * rb)
     shared = g.node_buffer("combine", need)         # the node's largest need: the same on every local rank

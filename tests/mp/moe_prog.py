@@ -136,6 +136,17 @@ def zero_copy_checks(buf, a, b):
         if topo.rank == 0:
             out.copy_(recv_x)
         assert torch.equal(buf.combine(out if topo.rank == 0 else recv_x.clone(), handle), y_ref)
+    # every token to rank 0's experts: rank 0's node peers received no rows, yet take part
+    E, k = 4 * topo.world_size, 3
+    T = 7 + topo.rank
+    x = tokens(topo.rank, T, 16, torch.float32)
+    idx = torch.arange(k).repeat(T, 1)
+    rx, _, _, _, h = buf.dispatch(x, idx, torch.ones(T, k), E)
+    assert (rx.shape[0] > 0) == (topo.rank == 0), rx.shape
+    out = buf.get_combine_buffer(h)
+    assert out.shape == rx.shape, (out.shape, rx.shape)
+    out.copy_(rx)
+    assert torch.equal(buf.combine(out, h), x), "zero-copy combine with ranks that received nothing"
     recv_x, y_ref, _, handle = a
     out = buf.get_combine_buffer(handle)
     out.copy_(recv_x)
