@@ -62,10 +62,23 @@ def test_all_minus_one_rows_are_zero():
     assert not np.signbit(out[0]).any()
 
 
-def test_float16_widening_and_narrowing_is_exact_for_every_value():
-    h = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, 1)
+def sum_pairs(a, b, width):
+    """gather_reduce of a[i] + b[i] (1-D arrays of one dtype) computed on rows of ``width`` values:
+    width 1 runs the scalar loop, wide rows the vectorized one. Returns the sums, 1-D."""
+    n = len(a) // width * width
+    src = np.ascontiguousarray(np.concatenate([a[:n], b[:n]]).reshape(-1, width))
+    m = n // width
+    index = np.stack([np.arange(m), np.arange(m, 2 * m)], axis=1).astype(np.int64)
+    out = np.empty((m, width), a.dtype)
+    c.gather_reduce(src, index, out)
+    return out.reshape(-1), n
+
+
+@pytest.mark.parametrize("width", [1, 256])
+def test_float16_widening_and_narrowing_is_exact_for_every_value(width):
+    h = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, width)
     out = np.empty_like(h)
-    c.gather_reduce(h, np.arange(2**16, dtype=np.int64).reshape(-1, 1), out)
+    c.gather_reduce(h, np.arange(2**16 // width, dtype=np.int64).reshape(-1, 1), out)
     nan = np.isnan(h)
     assert np.isnan(out[nan]).all()
     expect = h.copy()
@@ -73,19 +86,24 @@ def test_float16_widening_and_narrowing_is_exact_for_every_value():
     np.testing.assert_array_equal(out[~nan].view(np.uint16), expect[~nan].view(np.uint16))
 
 
-def test_float16_rounding_of_sums_every_pair_class():
+@pytest.mark.parametrize("width", [1, 200])
+def test_float16_rounding_of_sums_every_pair_class(width):
     """a + b in float32, rounded once to half: covers ties, subnormals, overflow to inf."""
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 2**16, size=(200_000, 2), dtype=np.uint16)
     pairs = bits.view(np.float16)
     pairs = pairs[np.isfinite(pairs).all(1)]
-    src = np.ascontiguousarray(pairs.reshape(-1, 1))
-    n = len(pairs)
-    index = np.arange(2 * n, dtype=np.int64).reshape(n, 2)
-    out = np.empty((n, 1), np.float16)
-    c.gather_reduce(src, index, out)
-    expect = (pairs[:, :1].astype(np.float32) + pairs[:, 1:].astype(np.float32)).astype(np.float16)
+    out, n = sum_pairs(pairs[:, 0], pairs[:, 1], width)
+    expect = (pairs[:n, 0].astype(np.float32) + pairs[:n, 1].astype(np.float32)).astype(np.float16)
     np.testing.assert_array_equal(out.view(np.uint16), expect.view(np.uint16))
+    # NaN in, NaN out (quiet, the input's sign); inf + -inf is NaN
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, np.inf], np.float16)
+    other = np.array([1, 1, 1, -1, -np.inf], np.float16)
+    got, _ = sum_pairs(np.tile(special, width), np.tile(other, width), width)
+    got = got.reshape(width, -1).view(np.uint16)
+    assert (got[:, 0] == 0x7E00).all() and (got[:, 1] == 0xFE00).all()
+    assert (got[:, 2] == 0x7C00).all() and (got[:, 3] == 0xFC00).all()
+    assert ((got[:, 4] & 0x7FFF) == 0x7E00).all()
     # ties to even at the top of the range and in the subnormal range
     cases = np.array([[65504, 8], [65504, 16], [1, 2**-11], [1 + 2**-10, 2**-11], [2**-14, -2**-24],
                       [-65504, -16], [2**-24, 2**-24]], np.float16)
@@ -95,19 +113,22 @@ def test_float16_rounding_of_sums_every_pair_class():
     np.testing.assert_array_equal(out.view(np.uint16), expect.view(np.uint16))
 
 
-def test_bfloat16_rounding_matches_torch():
+@pytest.mark.parametrize("width", [1, 200])
+def test_bfloat16_rounding_matches_torch(width):
     rng = np.random.default_rng(2)
     bits = rng.integers(0, 2**16, size=(200_000, 2), dtype=np.uint16)
     f = to_f32(bits)
     bits = bits[np.isfinite(f).all(1)]
-    n = len(bits)
-    out = np.empty((n, 1), np.uint16)
-    c.gather_reduce(np.ascontiguousarray(bits.reshape(-1, 1)), np.arange(2 * n, dtype=np.int64).reshape(n, 2), out)
-    acc = to_f32(bits[:, :1]) + to_f32(bits[:, 1:])
+    out, n = sum_pairs(bits[:, 0], bits[:, 1], width)
+    acc = to_f32(bits[:n, 0]) + to_f32(bits[:n, 1])
     expect = from_f32(np.ascontiguousarray(acc), np.uint16)
     finite = np.isfinite(acc)
     np.testing.assert_array_equal(out[finite], expect[finite])
     assert (out[~finite] & 0x7FFF == 0x7F80).all()            # overflow to +-inf
+    # NaN (any sign or payload) becomes 0x7FC0
+    nan = np.array([0x7FC1, 0xFF81, 0x7F80], np.uint16)       # NaN, -NaN, inf (+ -inf below)
+    got, _ = sum_pairs(np.tile(nan, width), np.tile(np.array([0, 0, 0xFF80], np.uint16), width), width)
+    assert (got == 0x7FC0).all()
 
 
 def test_gather_reduce_errors():
