@@ -91,7 +91,8 @@ __attribute__((target("avx2"))) void reduce_avx2(const typename D::T* src, int64
 #endif
 
 template <class D>
-void dispatch(const typename D::T* src, int64_t H, const int64_t* index, int64_t S, int64_t F, typename D::T* out) {
+void reduce_for_cpu(const typename D::T* src, int64_t H, const int64_t* index, int64_t S, int64_t F,
+                    typename D::T* out) {
 #if defined(__x86_64__) && defined(__GNUC__)
     static const bool avx2 = __builtin_cpu_supports("avx2");
     if (avx2) return reduce_avx2<D>(src, H, index, S, F, out);
@@ -123,9 +124,9 @@ void py_gather_reduce(py::array src, py::array index, py::array out) {
             value_error("index[", i / F, ", ", i % F, "] = ", idx[i], " is outside [-1, ", R, ") (src has ", R,
                         " rows)");
     switch (kind) {
-        case 0: dispatch<F32>(static_cast<const float*>(s), H, idx, S, F, static_cast<float*>(o)); break;
-        case 1: dispatch<F16>(static_cast<const uint16_t*>(s), H, idx, S, F, static_cast<uint16_t*>(o)); break;
-        default: dispatch<BF16>(static_cast<const uint16_t*>(s), H, idx, S, F, static_cast<uint16_t*>(o)); break;
+        case 0: reduce_for_cpu<F32>(static_cast<const float*>(s), H, idx, S, F, static_cast<float*>(o)); break;
+        case 1: reduce_for_cpu<F16>(static_cast<const uint16_t*>(s), H, idx, S, F, static_cast<uint16_t*>(o)); break;
+        default: reduce_for_cpu<BF16>(static_cast<const uint16_t*>(s), H, idx, S, F, static_cast<uint16_t*>(o)); break;
     }
 }
 
