@@ -66,10 +66,12 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     unicast = mode == "unicast"
     if not unicast and small_path(P, c):
         return _all_gather_small(g, out, src, seq, tag, window_id, what)
+    if TRACE is not None: TRACE.append(("enter", _pc()))
     staging_bytes = (topo.local_size if unicast else P) * c
     need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), _LARGE), need_bytes=staging_bytes,
                                   seq=seq)
     staging = g.node_buffer("allgather", need)
+    if TRACE is not None: TRACE.append(("agreed", _pc()))
 
     remote = [s for s in range(P) if not topo.same_node(s)]
     headers_in = _packets.header_buffers(g, "allgather_hin", len(remote))
@@ -102,6 +104,8 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         sends += _packets.send(g, headers_out[i], src, d, tag, window_id=window_id, seq=seq,
                                dest_bitmap=bitmap, offset=offset)
 
+    if TRACE is not None: TRACE.append(("sent", _pc()))
+
     def check_headers():
         for i, s in sources:
             _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
@@ -121,12 +125,23 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
                 out[s * c + a:s * c + b] = staging[at + a:at + b]
                 progress()
 
+    if TRACE is not None: TRACE.append(("local_copied", _pc()))
     error = _packets.complete(g, what, recvs, sends, check_headers, mismatch)
-    g.node_sync(what, error)   # every chunk of the node is in the staging buffer (or all ranks raise)
-
-    if not unicast:
+    if TRACE is not None: TRACE.append(("landed", _pc()))
+    if unicast:
+        g.node_sync(what, error)   # my node peers have read my slot of the staging buffer
+    else:
+        # A remote chunk is in the staging buffer once its relay on this node has arrived here: copy
+        # each relay's chunks as it arrives, while the slower relays' chunks are still landing.
+        relayed = {}
         for s in remote:
-            out[s * c:(s + 1) * c] = staging[s * c:(s + 1) * c]
+            relayed.setdefault(topo.local_rank_of[topo.relay_for(s, topo.node)], []).append(s)
+
+        def copy_relayed(i):
+            for s in relayed.get(i, ()):
+                out[s * c:(s + 1) * c] = staging[s * c:(s + 1) * c]
+        g.node_sync_each(what, error, copy_relayed)
+    if TRACE is not None: TRACE.append(("synced_copied", _pc()))
     return out
 
 

@@ -204,6 +204,62 @@ class Group:
                 msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
                 raise MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
 
+    def node_sync_each(self, what, error, on_arrival):
+        """``node_sync`` that calls ``on_arrival(i)`` for each local rank index ``i`` as soon as that
+        rank has arrived (its own first, then the others in the order they come), while the rest are
+        still on their way: a rank's work that depends only on one peer's part overlaps the wait for
+        the slowest peer. Every arrival wakes the waiters (one context switch each), so use it where
+        the work per arrival is worth that. Errors are shared as in ``node_sync``; with any error no
+        ``on_arrival`` runs after it is seen."""
+        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
+        slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
+        text = str(error).encode()[:56] if error is not None else b""
+        slot[:8] = np.frombuffer(np.int64(1 if error is not None else 0).tobytes(), dtype=np.uint8)
+        slot[8:] = 0
+        slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+        self._epoch += 1
+        epoch, L, me = self._epoch & 0xFFFFFFFF, self.topo.local_size, self.topo.local_rank
+        _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * me, epoch)
+        base = ((self._epoch - 1) * L) & 0xFFFFFFFF
+        _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1, False)
+        _core.futex_wake(self.ctrl, _BARRIER_OFF)
+        failed = error
+        done = [False] * L
+
+        def visit(i):
+            nonlocal failed
+            done[i] = True
+            other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
+            if failed is None and int(other[:8].view(np.int64)[0]):
+                msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
+                failed = MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+            if failed is None:
+                on_arrival(i)
+
+        visit(me)
+        deadline = time.monotonic() + self.timeout_s
+        seen = 1
+        while seen < L:
+            # Read the count first: an arrival after this read makes the wait below return at once. A
+            # peer's epoch word is stored before its arrival is counted, and its error slot before that.
+            count = (_core.atomic_load_u32(self.ctrl, _BARRIER_OFF) - base) & 0xFFFFFFFF
+            arrived = [i for i in range(L) if not done[i]
+                       and ((_core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * i) - epoch) & 0xFFFFFFFF) < 1 << 31]
+            for i in arrived:
+                visit(i)
+                seen += 1
+            if not arrived:
+                left = deadline - time.monotonic()
+                if left <= 0 or not _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, (base + count + 1) & 0xFFFFFFFF,
+                                                      min(left, _WAIT_SLICE_S)):
+                    if time.monotonic() >= deadline:
+                        missing = [self.topo.local_ranks[i] for i in range(L) if not done[i]]
+                        raise MultiwriteTimeout(
+                            f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did "
+                            f"not arrive (died, hang, or called a different operation)")
+        if failed is not None:
+            raise failed
+
     # -- barrier-free node rounds ------------------------------------------------------------------
     # A small collective needs no node barrier: every chunk that lands in the node's staging area
     # (written by its owner, or by the relay that received it) bumps the round's counter, and each

@@ -63,6 +63,15 @@ def test_errors(launcher, case):
 
 
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
+def test_node_sync_each(launcher):
+    """Visits node peers as they arrive (the large AllGather copies each relay's chunks then)."""
+    _skip_missing(launcher)
+    out = _launch.check(launcher, 4, "errors_prog.py", ["sync_each"], env={"MULTIWRITE_RANKS_PER_NODE": 2},
+                        timeout=120)
+    assert out.count("sync_each OK") == 4, out
+
+
+@pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_timeout_when_peer_missing(launcher):
     _skip_missing(launcher)
     # Survivors leave with os._exit (their peers' requests are pending), which mpirun reports as an

@@ -55,6 +55,31 @@ def main(case):
         win.free()
         expect(mw.WindowError, "after free", lambda: win.fence())
         print(f"rank {r}: bad_args OK", flush=True)
+    elif case == "sync_each":
+        # Group.node_sync_each: each local rank is visited once, own first, as soon as it arrives
+        # (not after the last one), and an error on one rank is raised on all of its node
+        g = mw.default_group()
+        L, me = topo.local_size, topo.local_rank
+        for rnd in range(3):
+            late = (rnd + 1) % L                     # a different local rank arrives 0.5 s late each round
+            time.sleep(0.5 if me == late else 0.0)
+            seen, at = [], {}
+            g.node_sync_each("sync_each test", None, lambda i: (seen.append(i), at.setdefault(i, time.monotonic())))
+            assert seen[0] == me and sorted(seen) == list(range(L)), f"rank {r}: visited {seen}"
+            if me != late:
+                early = [i for i in range(L) if i != late]
+                assert max(at[i] for i in early) < at[late] - 0.3, f"rank {r}: visits {at} not as they arrived"
+        err = ValueError("boom on rank 0") if r == 0 else None
+        seen = []
+        if topo.node == topo.node_of[0]:
+            e = expect(Exception, "boom on rank 0",
+                       lambda: g.node_sync_each("sync_each test", err, seen.append))
+            assert r == 0 or isinstance(e, mw.MismatchError), repr(e)
+            assert (seen == []) if r == 0 else (0 not in seen), f"rank {r}: visited {seen} after the error"
+        else:
+            g.node_sync_each("sync_each test", None, seen.append)
+            assert sorted(seen) == list(range(L)), seen
+        print(f"rank {r}: sync_each OK", flush=True)
     elif case == "timeout":
         # the last rank never calls the collective: the others must get a timeout, not hang
         if r == P - 1:
