@@ -5,7 +5,7 @@ Run under a launcher, e.g. on the 2 x 4 virtual cluster:
     launch/vcluster --nodes 2 --ranks-per-node 4 --rate 1gbit --delay 100us --launcher mpirun \\
         --launcher-arg=--bind-to --launcher-arg=none -- python3 scripts/trace_phases.py allgather --bytes 1024
     ... -- python3 scripts/trace_phases.py dispatch --tokens 256      (E=64, k=8, H=4096, bf16)
-    ... -- python3 scripts/trace_phases.py combine --tokens 256
+    ... -- python3 scripts/trace_phases.py combine --tokens 256 [--zero-copy]
 
 Every iteration starts after a barrier; the modules' TRACE hooks record (phase, perf_counter) on each
 rank. Ranks of a virtual cluster share one host clock, so rank 0 prints, per rank, the median time of
@@ -28,9 +28,12 @@ def main(argv=None):
     ap.add_argument("op", choices=("allgather", "dispatch", "combine"))
     ap.add_argument("--bytes", type=int, default=1024, help="all_gather: bytes per rank (default 1024)")
     ap.add_argument("--tokens", type=int, default=256, help="dispatch/combine: tokens per rank (default 256)")
+    ap.add_argument("--zero-copy", action="store_true",
+                    help="combine: write the input into get_combine_buffer first (untimed), as the benchmark does")
     ap.add_argument("--iters", type=int, default=0, help="timed iterations (default 200 all_gather, 8 MoE)")
     args = ap.parse_args(argv)
     g = mw.init()
+    prepare = lambda: None
     if args.op == "allgather":
         from multiwrite import allgather as module
         x = np.full(args.bytes, g.rank % 251, dtype=np.uint8)
@@ -49,12 +52,23 @@ def main(argv=None):
             call = lambda: dispatch.dispatch(x, idx, w, E)
         else:
             recv_x, _, _, _, handle = dispatch.dispatch(x, idx, w, E)
-            call = lambda: module.combine(recv_x, handle)
+            if args.zero_copy:
+                # the benchmark's default: expert outputs written (untimed) into get_combine_buffer
+                y = [None]
+
+                def prepare():
+                    y[0] = module.get_combine_buffer(handle)
+                    y[0].copy_(recv_x)
+                call = lambda: module.combine(y[0], handle)
+            else:
+                call = lambda: module.combine(recv_x, handle)
         scale, unit, iters = 1e3, "ms", args.iters or 8
     for _ in range(3 if args.op != "allgather" else 20):
+        prepare()
         call()
     records = []
     for _ in range(iters):
+        prepare()
         g.transport.barrier()
         module.TRACE = []
         t0 = time.perf_counter()
