@@ -24,7 +24,8 @@ run() {   # run NAME BENCH-ARGS...
   "${cmd[@]}" >"$OUT/$name.log" 2>&1 || { tail -n 30 "$OUT/$name.log" >&2; return 1; }
   {
     echo "# command: ${cmd[*]}"
-    echo "# load average before: $before, after: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
+    # getconf, not nproc: nproc reports OMP_NUM_THREADS when that is set (1 for the benchmarks)
+    echo "# load average before: $before, after: $(cut -d' ' -f1-3 /proc/loadavg) ($(getconf _NPROCESSORS_ONLN) CPUs)"
     "$PY" -c "import sys; from multiwrite.bench.common import show; sys.exit(show(sys.argv[1]))" "$OUT/$name.json"
   } >"$OUT/$name.txt"
   rm -f "$OUT/$name.log"
