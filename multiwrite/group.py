@@ -37,6 +37,8 @@ _CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
 #: Bytes of the node staging area per round parity (rounds are for small operations only).
 ROUND_STAGING_BYTES = 1 << 20
 _SIG_ROW = struct.Struct(f"<{_SIG_WORDS}q")   # one 64-byte slot of int64 words
+_SEQ_WORD = struct.Struct("<q")                 # an announcement's first word: the call's seq (-1 while written)
+_SIG_TAIL = struct.Struct(f"<{_SIG_WORDS - 1}q")   # the rest of an announcement: the signature
 _WAIT_SLICE_S = 0.02                 # how often a waiting rank checks its node peers' announcements
 
 _MIN_BUFFER = 1 << 20
@@ -137,9 +139,18 @@ class Group:
             self.check_announcements(what, *announced)
 
     def announce(self, seq, signature):
-        """Publish (seq, signature) of the collective this rank is entering (no waiting)."""
+        """Publish (seq, signature) of the collective this rank is entering (no waiting).
+
+        Peers read the slot while it may be written (check_announcements), so it is written like a
+        seqlock: seq word invalid, then the signature, then the seq. A reader that sees the same seq
+        before and after reading the signature has read one announcement whole (a torn read once
+        paired a new seq with the zero padding of the previous, shorter signature: a false
+        MismatchError after 18 minutes of stress)."""
         signature = tuple(int(v) for v in signature)
-        self._write_slot(_ANNOUNCE + 64 * self.topo.local_rank, (seq,) + signature)
+        offset = _ANNOUNCE + 64 * self.topo.local_rank
+        _SEQ_WORD.pack_into(self._ctrl_view, offset, -1)
+        _SIG_TAIL.pack_into(self._ctrl_view, offset + 8, *signature, *(0,) * (_SIG_WORDS - 1 - len(signature)))
+        _SEQ_WORD.pack_into(self._ctrl_view, offset, seq)
         return seq, signature
 
     def _write_slot(self, offset, values):
@@ -150,14 +161,19 @@ class Group:
         """MismatchError if a node peer entered call ``seq`` on another path: the last element of the
         signature names the path (e.g. barrier-free vs barrier), and ranks on different paths would
         otherwise wait for each other until the timeout. Other differences are found by the path."""
-        n = len(signature)
-        rows = self.ctrl[_ANNOUNCE:_ANNOUNCE + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)
+        n, view = len(signature), self._ctrl_view
         for i in range(self.topo.local_size):
-            if rows[i, 0] == seq and int(rows[i, n]) != signature[-1]:
+            offset = _ANNOUNCE + 64 * i
+            if _SEQ_WORD.unpack_from(view, offset)[0] != seq:
+                continue
+            theirs = _SIG_TAIL.unpack_from(view, offset + 8)[:n]
+            if _SEQ_WORD.unpack_from(view, offset)[0] != seq:
+                continue            # rewritten while read (see announce): the peer has moved on
+            if theirs[n - 1] != signature[-1]:
                 raise MismatchError(
                     f"{what}: rank {self.topo.local_ranks[i]} of this node called it with different arguments "
-                    f"{tuple(int(v) for v in rows[i, 1:1 + n])} vs {signature} on this rank; this group's node "
-                    f"state is no longer consistent, create a new group")
+                    f"{theirs} vs {signature} on this rank; this group's node state is no longer consistent, "
+                    f"create a new group")
 
     def node_agree(self, what, signature, need_bytes=0, seq=None):
         """Node barrier that also compares what every local rank called: ``signature`` is up to 7
@@ -189,20 +205,34 @@ class Group:
         """Node barrier that also shares failure: if any local rank passes an ``error``, every local
         rank raises (its own error, or a MismatchError naming the failed rank), so that a problem
         one rank detected never leaves its node peers waiting for a timeout."""
+        bank = self._post_sync_status(error)
+        self.node_barrier(what)
+        if error is not None:
+            raise error
+        for i in range(self.topo.local_size):
+            failed = self._peer_failure(bank, i, what)
+            if failed is not None:
+                raise failed
+
+    def _post_sync_status(self, error):
+        """Write this rank's failure flag and message (or none) into its slot of the signature bank of
+        the next barrier (the bank alternates, so a fast peer's next sync cannot overwrite it while a
+        slow one still reads it). Returns the bank's offset."""
         bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
         slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
         text = str(error).encode()[:56] if error is not None else b""
         slot[:8] = np.frombuffer(np.int64(1 if error is not None else 0).tobytes(), dtype=np.uint8)
         slot[8:] = 0
         slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
-        self.node_barrier(what)
-        if error is not None:
-            raise error
-        for i in range(self.topo.local_size):
-            other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
-            if int(other[:8].view(np.int64)[0]):
-                msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
-                raise MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+        return bank
+
+    def _peer_failure(self, bank, i, what):
+        """MismatchError naming local rank index ``i`` if it posted a failure in ``bank``, else None."""
+        other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
+        if not int(other[:8].view(np.int64)[0]):
+            return None
+        msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
+        return MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
 
     def node_sync_each(self, what, error, on_arrival):
         """``node_sync`` that calls ``on_arrival(i)`` for each local rank index ``i`` as soon as that
@@ -211,12 +241,7 @@ class Group:
         the slowest peer. Every arrival wakes the waiters (one context switch each), so use it where
         the work per arrival is worth that. Errors are shared as in ``node_sync``; with any error no
         ``on_arrival`` runs after it is seen."""
-        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
-        slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
-        text = str(error).encode()[:56] if error is not None else b""
-        slot[:8] = np.frombuffer(np.int64(1 if error is not None else 0).tobytes(), dtype=np.uint8)
-        slot[8:] = 0
-        slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+        bank = self._post_sync_status(error)
         self._epoch += 1
         epoch, L, me = self._epoch & 0xFFFFFFFF, self.topo.local_size, self.topo.local_rank
         _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * me, epoch)
@@ -229,10 +254,8 @@ class Group:
         def visit(i):
             nonlocal failed
             done[i] = True
-            other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
-            if failed is None and int(other[:8].view(np.int64)[0]):
-                msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
-                failed = MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+            if failed is None:
+                failed = self._peer_failure(bank, i, what)
             if failed is None:
                 on_arrival(i)
 

@@ -62,13 +62,16 @@ def test_errors(launcher, case):
         assert out.count("MismatchError") == 4, out
 
 
+@pytest.mark.parametrize("case,ranks", [("sync_each", 4), ("announce_race", 2)])
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
-def test_node_sync_each(launcher):
-    """Visits node peers as they arrive (the large AllGather copies each relay's chunks then)."""
+def test_node_sync(launcher, case, ranks):
+    """Node-local synchronisation between real processes: sync_each = Group.node_sync_each visits
+    node peers as they arrive (the large AllGather copies each relay's chunks then) and shares errors;
+    announce_race = an announcement read while a peer writes it is never torn (a false mismatch)."""
     _skip_missing(launcher)
-    out = _launch.check(launcher, 4, "errors_prog.py", ["sync_each"], env={"MULTIWRITE_RANKS_PER_NODE": 2},
+    out = _launch.check(launcher, ranks, "errors_prog.py", [case], env={"MULTIWRITE_RANKS_PER_NODE": 2},
                         timeout=120)
-    assert out.count("sync_each OK") == 4, out
+    assert out.count(f"{case} OK") == ranks, out
 
 
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)

@@ -80,6 +80,30 @@ def main(case):
             g.node_sync_each("sync_each test", None, seen.append)
             assert sorted(seen) == list(range(L)), seen
         print(f"rank {r}: sync_each OK", flush=True)
+    elif case == "announce_race":
+        # Group.check_announcements reads a node peer's announcement while the peer may be writing it
+        # (a rank waiting in a node barrier checks every 20 ms): it must never see a torn one. Rank 1
+        # announces calls of two shapes as fast as it can; rank 0 checks each one it sees against the
+        # signature of that shape. Seqs far above the group's own, so no real call matches.
+        from multiwrite import group as G
+        g = mw.default_group()
+        assert topo.local_size == 2, "run with 2 ranks on one node"
+        sig = lambda k: (1, k, 74, 769, 0, 1) if k % 2 else (5, k, 7)
+        g.transport.barrier()
+        end, first, k, checks = time.monotonic() + 2.0, 1 << 40, 1 << 40, 0
+        while time.monotonic() < end:
+            if r == 1:
+                k += 1
+                g.announce(k, sig(k))
+            else:
+                k = int(g.ctrl[G._ANNOUNCE + 64:G._ANNOUNCE + 72].view(np.int64)[0])
+                if k > first:
+                    g.check_announcements("announce race", k, sig(k))     # raises on a torn read
+                    checks += 1
+        g.transport.barrier()
+        assert r == 1 or checks > 1000, f"only {checks} checks"
+        print(f"rank {r}: announce_race OK ({checks if r == 0 else k - first} {'checks' if r == 0 else 'announcements'})",
+              flush=True)
     elif case == "timeout":
         # the last rank never calls the collective: the others must get a timeout, not hang
         if r == P - 1:
