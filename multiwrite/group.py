@@ -261,8 +261,7 @@ class Group:
 
         visit(me)
         deadline = time.monotonic() + self.timeout_s
-        seen = 1
-        while seen < L:
+        while not all(done):
             # Read the count first: an arrival after this read makes the wait below return at once. A
             # peer's epoch word is stored before its arrival is counted, and its error slot before that.
             count = (_core.atomic_load_u32(self.ctrl, _BARRIER_OFF) - base) & 0xFFFFFFFF
@@ -270,16 +269,15 @@ class Group:
                        and ((_core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * i) - epoch) & 0xFFFFFFFF) < 1 << 31]
             for i in arrived:
                 visit(i)
-                seen += 1
-            if not arrived:
-                left = deadline - time.monotonic()
-                if left <= 0 or not _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, (base + count + 1) & 0xFFFFFFFF,
-                                                      min(left, _WAIT_SLICE_S)):
-                    if time.monotonic() >= deadline:
-                        missing = [self.topo.local_ranks[i] for i in range(L) if not done[i]]
-                        raise MultiwriteTimeout(
-                            f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did "
-                            f"not arrive (died, hang, or called a different operation)")
+            if arrived:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [self.topo.local_ranks[i] for i in range(L) if not done[i]]
+                raise MultiwriteTimeout(
+                    f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did "
+                    f"not arrive (died, hang, or called a different operation)")
+            _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, (base + count + 1) & 0xFFFFFFFF, min(left, _WAIT_SLICE_S))
         if failed is not None:
             raise failed
 
