@@ -312,7 +312,17 @@ class Group:
         target = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF
         if not self._wait_word(_ROUND_OWN + 64 * handle.parity, target, what, handle.announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
-                                    f"this node's ranks")
+                                    f"this node's ranks; {self._not_entered(handle.announced[0])}")
+
+    def _not_entered(self, seq):
+        """For a timeout message: which local ranks have not announced call ``seq`` yet (the rank
+        that died or hangs, or a survivor stuck in an earlier call waiting for it)."""
+        behind = [self.topo.local_ranks[i] for i in range(self.topo.local_size)
+                  if 0 <= _SEQ_WORD.unpack_from(self._ctrl_view, _ANNOUNCE + 64 * i)[0] < seq]
+        if behind:
+            return f"rank(s) {behind} of this node did not arrive (died, hang, or called a different operation)"
+        return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
+                "different operation")
 
     def round_arrived_own(self, handle):
         """My own chunk is in the staging area (call after writing it)."""
@@ -348,7 +358,7 @@ class Group:
         target = handle.end & 0xFFFFFFFF
         if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
-                                    f"chunks (a peer died, hangs, or called a different operation)")
+                                    f"chunks; {self._not_entered(announced[0])}")
         if error is not None:
             raise error
         if _core.atomic_load_u32(self.ctrl, _ROUND_ERR + 64 * parity) == number & 0xFFFFFFFF:
