@@ -109,13 +109,7 @@ class Group:
         """All ranks of this node arrive before any leaves (shared-memory futex, no network).
         ``announced``: (seq, signature) this rank published with ``announce``; while waiting, a node
         peer that entered the same call with another signature raises MismatchError."""
-        self._epoch += 1
-        _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank, self._epoch & 0xFFFFFFFF)
-        target = (self._epoch * self.topo.local_size) & 0xFFFFFFFF
-        # Only the last arrival wakes the waiters: a wake per arrival costs every waiter a context
-        # switch per arrival, which on an oversubscribed host is most of a small operation's time.
-        if _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1, False) == target:
-            _core.futex_wake(self.ctrl, _BARRIER_OFF)
+        target = self._arrive(wake_always=False)
         if not self._wait_word(_BARRIER_OFF, target, what, announced):
             missing = [r for r in self.topo.local_ranks
                        if _core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank_of[r])
@@ -123,6 +117,19 @@ class Group:
             raise MultiwriteTimeout(
                 f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did not "
                 f"arrive (died, hang, or called a different operation)")
+
+    def _arrive(self, wake_always):
+        """Count this rank's arrival at the next node barrier; returns the barrier counter's value once
+        every local rank has arrived. The epoch word is stored before the arrival is counted, so a
+        waiter that sees the count also sees who arrived (timeout messages, node_sync_each). Without
+        ``wake_always`` only the last arrival wakes the waiters: a wake per arrival costs every waiter
+        a context switch, which on an oversubscribed host is most of a small operation's time."""
+        self._epoch += 1
+        _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank, self._epoch & 0xFFFFFFFF)
+        target = (self._epoch * self.topo.local_size) & 0xFFFFFFFF
+        if _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1, False) == target or wake_always:
+            _core.futex_wake(self.ctrl, _BARRIER_OFF)
+        return target
 
     def _wait_word(self, offset, target, what, announced):
         """wait_u32_ge on a control word; with ``announced``, checks the peers' announcements between
@@ -242,12 +249,9 @@ class Group:
         the work per arrival is worth that. Errors are shared as in ``node_sync``; with any error no
         ``on_arrival`` runs after it is seen."""
         bank = self._post_sync_status(error)
-        self._epoch += 1
-        epoch, L, me = self._epoch & 0xFFFFFFFF, self.topo.local_size, self.topo.local_rank
-        _core.atomic_store_u32(self.ctrl, _EPOCH_OFF + 4 * me, epoch)
-        base = ((self._epoch - 1) * L) & 0xFFFFFFFF
-        _core.atomic_add_u32(self.ctrl, _BARRIER_OFF, 1, False)
-        _core.futex_wake(self.ctrl, _BARRIER_OFF)
+        L, me = self.topo.local_size, self.topo.local_rank
+        base = (self._arrive(wake_always=True) - L) & 0xFFFFFFFF     # the counter before this barrier
+        epoch = self._epoch & 0xFFFFFFFF
         failed = error
         done = [False] * L
 
