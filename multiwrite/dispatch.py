@@ -191,10 +191,16 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         node_offsets, node_tokens, node_bitmaps = handle.node_offsets, handle.node_tokens, handle.node_bitmaps
         rank_offsets, rank_tokens = handle.rank_offsets, handle.rank_tokens
         sent_nodes, sent_ranks = handle.node_counts[g.rank], handle.rank_counts[g.rank]
-    ints = None
+    ints = outgoing = None
     if status is None:
         meta = [row_bytes, k, _dtypes.code(str(x.dtype).replace("torch.", "")), int(num_experts), _MODES[mode]]
         ints = np.concatenate([np.asarray(meta, dtype=np.int64), sent_nodes, sent_ranks])
+        # What this rank sends depends only on its own routing: pack the first piece of every packet
+        # now, so it leaves as soon as the agreement is done (the agreement waits on the network; on
+        # a host with more ranks than cores, packing after it kept the link idle for milliseconds).
+        outgoing = _Outgoing(g, x, topk_idx, topk_weights, row_bytes, k, mode == "unicast", node_offsets,
+                             node_tokens, node_bitmaps, rank_offsets, rank_tokens, sent_ranks)
+        if TRACE is not None: TRACE.append(("prepacked", _pc()))
     table = _agree(g, what, status, ints, len(_META) + N + P)
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     metas = table[:, :len(_META)]
@@ -205,11 +211,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     rank_counts = np.ascontiguousarray(table[:, len(_META) + N:])               # [P, P]
     unicast = mode == "unicast"
 
-    rec = _core.record_size(row_bytes, k)
-    x_bytes = x.detach().contiguous().view(torch.uint8).numpy().reshape(T, row_bytes) if T else \
-        np.zeros((0, row_bytes), dtype=np.uint8)
-    idx_np = np.ascontiguousarray(topk_idx.numpy())
-    w_np = np.ascontiguousarray(topk_weights.detach().numpy())
+    rec, x_bytes, idx_np, w_np = outgoing.rec, outgoing.x_bytes, outgoing.idx_np, outgoing.w_np
 
     # Node receive buffer: records from every source for this node, in source-rank order. In unicast
     # mode, remote sources' records for this rank go to a private buffer instead.
@@ -225,38 +227,8 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     ready = (2 * seq) & 0xFFFFFFFF
     L, lr = topo.local_size, topo.local_rank
 
-    # Remote nodes (or ranks) first, before touching the node buffer, so the link starts early: pack
-    # into a private send buffer and send.
-    if unicast:
-        units = [(d, rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
-                  np.full(int(rank_counts[g.rank, d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
-                 for d in range(P) if topo.node_of[d] != node and rank_counts[g.rank, d]]
-    else:
-        units = [(topo.relay_for(g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
-                  node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
-                 for m in range(N) if m != node and node_counts[g.rank, m]]
-    total = sum(len(u[1]) for u in units) * rec
-    send_buf = g.private_buffer("dispatch_send", total)
-    per = _packets.MAX_PIECES
-    headers_out = _packets.header_buffers(g, "dispatch_hout", len(units) * per)
-    sends = _packets.PieceSender(g)
-
-    def post(header, part, dst, tokens, bitmaps, offset):
-        # packed when posted: the first piece leaves as soon as it is packed
-        _core.pack_records(x_bytes, idx_np, w_np, tokens, bitmaps, part)
-        bitmap_all = int(np.bitwise_or.reduce(bitmaps)) if len(bitmaps) else 0
-        return _packets.send(g, header, part, dst, tag, window_id=window_id, seq=seq, dest_bitmap=bitmap_all,
-                             offset=offset)
-
-    pos = 0
-    for u, (dst, tokens, bitmaps) in enumerate(units):
-        unit_buf = send_buf[pos:pos + len(tokens) * rec]
-        pos += len(tokens) * rec
-        cuts = _packets.pieces(g, len(tokens), rec)
-        for i in range(len(cuts) - 1):
-            a, b = cuts[i], cuts[i + 1]
-            sends.add(dst, functools.partial(post, headers_out[u * per + i], unit_buf[a * rec:b * rec], dst,
-                                             tokens[a:b], bitmaps[a:b], a * rec))
+    # Remote nodes (or ranks) first, before touching the node buffer, so the link starts early.
+    sends = outgoing.post_all(tag, window_id, seq)
 
     # Node buffer: u32 arrival words (one per source rank) and "done" words (one per local rank), then
     # the records. A source's arrival word counts the pieces of its records that are complete in the
@@ -275,6 +247,64 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         return _dispatch_recv(**locals())
     finally:
         _core.atomic_store_u32(shared, 4 * (P + lr), ready)
+
+
+class _Outgoing:
+    """This rank's packets to other nodes (MultiWrite: one per remote node, to its relay; unicast: one
+    per remote rank), in pieces (``_packets.pieces``), packed into a private send buffer. Built from
+    the local routing alone; the first piece of every packet is packed at construction."""
+
+    def __init__(self, g, x, topk_idx, topk_weights, row_bytes, k, unicast, node_offsets, node_tokens,
+                 node_bitmaps, rank_offsets, rank_tokens, sent_ranks):
+        topo, T = g.topo, x.shape[0]
+        self.g = g
+        self.rec = rec = _core.record_size(row_bytes, k)
+        self.x_bytes = x.detach().contiguous().view(torch.uint8).numpy().reshape(T, row_bytes) if T else \
+            np.zeros((0, row_bytes), dtype=np.uint8)
+        self.idx_np = np.ascontiguousarray(topk_idx.numpy())
+        self.w_np = np.ascontiguousarray(topk_weights.detach().numpy())
+        if unicast:
+            units = [(d, rank_tokens[rank_offsets[d]:rank_offsets[d + 1]],
+                      np.full(int(sent_ranks[d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
+                     for d in range(g.size) if topo.node_of[d] != topo.node and sent_ranks[d]]
+        else:
+            units = [(topo.relay_for(g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
+                      node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
+                     for m in range(topo.num_nodes) if m != topo.node and node_offsets[m + 1] > node_offsets[m]]
+        send_buf = g.private_buffer("dispatch_send", sum(len(u[1]) for u in units) * rec)
+        self.pieces = []            # per unit: [(dst, record buffer, tokens, bitmaps, first record)]
+        pos = 0
+        for dst, tokens, bitmaps in units:
+            cuts = _packets.pieces(g, len(tokens), rec)
+            self.pieces.append([(dst, send_buf[pos + a * rec:pos + b * rec], tokens[a:b], bitmaps[a:b], a)
+                                for a, b in zip(cuts[:-1], cuts[1:])])
+            pos += len(tokens) * rec
+        for unit in self.pieces:
+            self._pack(unit[0])
+
+    def _pack(self, piece):
+        _, part, tokens, bitmaps, _ = piece
+        _core.pack_records(self.x_bytes, self.idx_np, self.w_np, tokens, bitmaps, part)
+
+    def post_all(self, tag, window_id, seq):
+        """Queue every piece on a PieceSender (the first ones leave at once) and return it. A piece
+        after the first is packed when it is posted."""
+        g, per = self.g, _packets.MAX_PIECES
+        headers_out = _packets.header_buffers(g, "dispatch_hout", len(self.pieces) * per)
+        sends = _packets.PieceSender(g)
+
+        def post(header, piece, packed):
+            if not packed:
+                self._pack(piece)
+            dst, part, _, bitmaps, first = piece
+            bitmap_all = int(np.bitwise_or.reduce(bitmaps)) if len(bitmaps) else 0
+            return _packets.send(g, header, part, dst, tag, window_id=window_id, seq=seq,
+                                 dest_bitmap=bitmap_all, offset=first * self.rec)
+
+        for u, unit in enumerate(self.pieces):
+            for i, piece in enumerate(unit):
+                sends.add(piece[0], functools.partial(post, headers_out[u * per + i], piece, i == 0))
+        return sends
 
 
 def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, ready, window_id, shared,
