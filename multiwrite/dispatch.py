@@ -464,6 +464,7 @@ def flag_bytes(n):
 
 
 _FAILED = 15                 # an arrival word at base + _FAILED: the rank that fills the region failed
+_TIMED_OUT = 14              # ... at base + _TIMED_OUT: it timed out waiting for the region's records
 
 
 def _arrival_base(seq):
@@ -473,9 +474,10 @@ def _arrival_base(seq):
 
 
 def _arrived(word, base):
-    """Pieces landed according to an arrival word; -1 if its region failed."""
+    """Pieces landed according to an arrival word; -1 if its region failed, -2 if the rank filling
+    it timed out (pieces per region stay below _TIMED_OUT: _packets.MAX_PIECES)."""
     d = (int(word) - base) & 0xFFFFFFFF
-    return -1 if d == _FAILED else d if d < 16 else 0
+    return -1 if d == _FAILED else -2 if d == _TIMED_OUT else d if d < 16 else 0
 
 
 def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, process, relayed, sends=None):
@@ -519,7 +521,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     def give_up():
         for r in relayed:
             if landed[r] < len(recvs[r]):
-                _publish(shared, r, base + _FAILED, bell)
+                _publish(shared, r, base + _TIMED_OUT, bell)
 
     while pending_recv or pending:
         progressed = False
@@ -537,7 +539,11 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
                 avail = _arrived(_core.atomic_load_u32(shared, 4 * s), base)
                 if avail < 0:
                     filler = topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s
-                    fail(MismatchError(f"{what}: rank {filler} of this node failed to deliver the records of rank {s}"))
+                    # a relay's timeout is this rank's too (the records will not come): same class
+                    fail(MultiwriteTimeout(f"{what}: rank {filler} of this node timed out after {g.timeout_s:g}s "
+                                           f"waiting for the records of rank {s} (a peer died, hangs, or did not "
+                                           f"call the same operation)") if avail == -2 else
+                         MismatchError(f"{what}: rank {filler} of this node failed to deliver the records of rank {s}"))
             if avail < 0:
                 progressed = True
                 continue

@@ -222,13 +222,14 @@ class Group:
                 raise failed
 
     def _post_sync_status(self, error):
-        """Write this rank's failure flag and message (or none) into its slot of the signature bank of
-        the next barrier (the bank alternates, so a fast peer's next sync cannot overwrite it while a
-        slow one still reads it). Returns the bank's offset."""
+        """Write this rank's failure kind (0 none, 1 error, 2 timeout) and message into its slot of the
+        signature bank of the next barrier (the bank alternates, so a fast peer's next sync cannot
+        overwrite it while a slow one still reads it). Returns the bank's offset."""
         bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
         slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
         text = str(error).encode()[:56] if error is not None else b""
-        slot[:8] = np.frombuffer(np.int64(1 if error is not None else 0).tobytes(), dtype=np.uint8)
+        kind = 0 if error is None else 2 if isinstance(error, MultiwriteTimeout) else 1
+        slot[:8] = np.frombuffer(np.int64(kind).tobytes(), dtype=np.uint8)
         slot[8:] = 0
         slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
         return bank
@@ -236,10 +237,13 @@ class Group:
     def _peer_failure(self, bank, i, what):
         """MismatchError naming local rank index ``i`` if it posted a failure in ``bank``, else None."""
         other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
-        if not int(other[:8].view(np.int64)[0]):
+        kind = int(other[:8].view(np.int64)[0])
+        if not kind:
             return None
         msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
-        return MismatchError(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+        # a peer's timeout is this rank's too (what it waited for will not come): same class
+        return (MultiwriteTimeout if kind == 2 else MismatchError)(
+            f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
 
     def node_sync_each(self, what, error, on_arrival):
         """``node_sync`` that calls ``on_arrival(i)`` for each local rank index ``i`` as soon as that

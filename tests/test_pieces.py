@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from multiwrite import _packets
 from multiwrite.errors import MismatchError
-from multiwrite.dispatch import _FAILED, _arrival_base, _arrived
+from multiwrite.dispatch import _FAILED, _TIMED_OUT, _arrival_base, _arrived
 
 
 PIECE = 512 << 10
@@ -103,6 +103,9 @@ def test_arrival_words_across_calls(seq):
         assert _arrived(base + landed & 0xFFFFFFFF, base) == landed
     assert _arrived(prev + _FAILED & 0xFFFFFFFF, base) == 0
     assert _arrived(base + _FAILED & 0xFFFFFFFF, base) == -1
+    assert _arrived(base + _TIMED_OUT & 0xFFFFFFFF, base) == -2
+    assert _arrived(prev + _TIMED_OUT & 0xFFFFFFFF, base) == 0
+    assert _packets.MAX_PIECES < _TIMED_OUT       # a count of landed pieces never reads as a failure
 
 
 def test_check_piece_rejects_a_piece_at_another_offset():
