@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import MultiwriteTimeout
-from .base import CompletedRequest, Request, Transport
+from .base import CompletedRequest, Request, Transport, seconds
 
 
 class _GlooRequest(Request):
@@ -25,7 +25,7 @@ class _GlooRequest(Request):
             text = str(exc)
             if "imeout" in text or "imed out" in text:
                 raise MultiwriteTimeout(
-                    f"{what or 'operation'}: timed out after {timeout_s:g}s waiting for "
+                    f"{what or 'operation'}: timed out after {seconds(timeout_s)}s waiting for "
                     f"{self.description} (a peer died, hangs, or did not call the same operation)") from exc
             raise
 
