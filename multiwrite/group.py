@@ -58,6 +58,11 @@ class RoundHandle(NamedTuple):
     own_start: int
 
 
+def _not_arrived(ranks):
+    """The part of a timeout message that names the local ranks that never arrived."""
+    return f"rank(s) {ranks} of this node did not arrive (died, hang, or called a different operation)"
+
+
 class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
@@ -114,9 +119,7 @@ class Group:
             missing = [r for r in self.topo.local_ranks
                        if _core.atomic_load_u32(self.ctrl, _EPOCH_OFF + 4 * self.topo.local_rank_of[r])
                        < (self._epoch & 0xFFFFFFFF)]
-            raise MultiwriteTimeout(
-                f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did not "
-                f"arrive (died, hang, or called a different operation)")
+            raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s; {_not_arrived(missing)}")
 
     def _arrive(self, wake_always):
         """Count this rank's arrival at the next node barrier; returns the barrier counter's value once
@@ -235,7 +238,8 @@ class Group:
         return bank
 
     def _peer_failure(self, bank, i, what):
-        """MismatchError naming local rank index ``i`` if it posted a failure in ``bank``, else None."""
+        """The error naming local rank index ``i`` if it posted a failure in ``bank`` (MultiwriteTimeout
+        for a timeout, else MismatchError), or None."""
         other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
         kind = int(other[:8].view(np.int64)[0])
         if not kind:
@@ -282,9 +286,7 @@ class Group:
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [self.topo.local_ranks[i] for i in range(L) if not done[i]]
-                raise MultiwriteTimeout(
-                    f"{what}: timed out after {self.timeout_s:g}s; rank(s) {missing} of this node did "
-                    f"not arrive (died, hang, or called a different operation)")
+                raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s; {_not_arrived(missing)}")
             _core.wait_u32_ge(self.ctrl, _BARRIER_OFF, (base + count + 1) & 0xFFFFFFFF, min(left, _WAIT_SLICE_S))
         if failed is not None:
             raise failed
@@ -328,7 +330,7 @@ class Group:
         behind = [self.topo.local_ranks[i] for i in range(self.topo.local_size)
                   if 0 <= _SEQ_WORD.unpack_from(self._ctrl_view, _ANNOUNCE + 64 * i)[0] < seq]
         if behind:
-            return f"rank(s) {behind} of this node did not arrive (died, hang, or called a different operation)"
+            return _not_arrived(behind)
         return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
                 "different operation")
 
