@@ -4,6 +4,7 @@
 #
 #   scripts/bench_vcluster.sh [--nodes 2] [--ranks-per-node 4] [--rate 1gbit] [--delay 100us]
 #                             [--launcher mpirun|torchrun] [--timeout 3600] [--delay-line auto|c|python]
+#                             [--tcp-congestion cubic|bbr|inherit|...]
 #                             -- <bench args>
 #
 #   scripts/bench_vcluster.sh -- all -b 4K -e 4M --json docs/results/all.json --plot docs/results/all.png
@@ -11,6 +12,7 @@
 #   MW_MODULE=multiwrite.stress scripts/bench_vcluster.sh -- --duration 5m
 # --timeout (seconds, default 3600) ends the whole run: a 30-minute stress also needs its warm-up
 # prologue and summary inside it. --delay-line: see launch/vcluster --help (default auto: the C line).
+# --tcp-congestion: the nodes' TCP congestion control (default cubic; inherit = the host's).
 #
 # Open MPI is given --bind-to none (8 ranks may share 2 cores) and mpi_yield_when_idle with the
 # nanosleep yield strategy: a rank waiting in a blocking MPI call (MPI's own Allgather/Alltoallv)
@@ -19,7 +21,7 @@
 # PYTHON (default python3) runs the module; MW_MODULE (default multiwrite.bench) picks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=3600 DELAY_LINE=auto
+NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=3600 DELAY_LINE=auto TCP_CC=cubic
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --launcher) LAUNCHER=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --delay-line) DELAY_LINE=$2; shift 2 ;;
+    --tcp-congestion) TCP_CC=$2; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench_vcluster.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -38,7 +41,7 @@ PY=${PYTHON:-python3}
 MODULE=${MW_MODULE:-multiwrite.bench}
 export OMP_NUM_THREADS=1
 args=(--nodes "$NODES" --ranks-per-node "$L" --rate "$RATE" --delay "$DELAY" --launcher "$LAUNCHER"
-      --timeout "$TIMEOUT" --delay-line "$DELAY_LINE")
+      --timeout "$TIMEOUT" --delay-line "$DELAY_LINE" --tcp-congestion "$TCP_CC")
 if [ "$LAUNCHER" = mpirun ]; then
   for a in --bind-to none --mca mpi_yield_when_idle 1 --mca threads_pthreads_yield_strategy nanosleep \
            -x OMP_NUM_THREADS; do

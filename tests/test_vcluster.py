@@ -151,6 +151,21 @@ def test_env_and_tc_config_both_sides():
         assert len(lines) == 2 and all("rate 50Mbit" in ln for ln in lines), explain(p)   # node + switch
 
 
+@vcl
+def test_tcp_congestion_control_set_in_every_node():
+    """--tcp-congestion reaches every node namespace and the command's environment; the default is
+    cubic whatever the host uses; an unknown algorithm is a clear error (and nothing is left behind)."""
+    script = 'echo "CC $(cat /proc/sys/net/ipv4/tcp_congestion_control) $MULTIWRITE_VCLUSTER_TCP_CC"'
+    for flag, want in ((["--tcp-congestion", "reno"], "reno"), ([], "cubic")):
+        p = vc(["--nodes", "2", "--timeout", "60"] + flag, ["sh", "-c", script], prefix=new_prefix("t"))
+        assert p.returncode == 0, explain(p)
+        for i in (0, 1):
+            assert f"[n{i}] CC {want} {want}" in p.stdout, explain(p)
+    prefix = new_prefix("t")
+    p = vc(["--nodes", "2", "--timeout", "60", "--tcp-congestion", "nosuchcc"], ["true"], prefix=prefix)
+    assert p.returncode != 0 and "--tcp-congestion nosuchcc: this kernel does not have it" in p.stderr, explain(p)
+
+
 # ------------------------------------------------------------------------------------------------------
 # shaping
 

@@ -618,6 +618,9 @@ def plot(docs, path):
     where = f"{meta.get('num_nodes')} nodes x {meta.get('ranks_per_node', ['?'])[0]} ranks"
     if rate:
         where += f", {rate / 1e9:g} Gbit/s links, {meta.get('path_delay_us', 0):g} us node-to-node"
+    cc = meta.get("env", {}).get("MULTIWRITE_VCLUSTER_TCP_CC")
+    if cc:
+        where += f", TCP {cc}"
     fig.suptitle(f"multiwrite benchmarks: {where} ({meta.get('launcher')}, {meta.get('transport')} transport)",
                  fontsize=10)
     fig.tight_layout()
@@ -687,6 +690,8 @@ def header_lines(ctx, what, args, rate, delay_us, extra=""):
                                              if os.environ.get("MULTIWRITE_RANKS_PER_NODE") else "detected nodes")
     link = f"links {rate / 1e9:g} Gbit/s, node-to-node latency {delay_us:g} us" if rate else \
         "link rate unknown (no bound; pass --rate/--delay)"
+    if os.environ.get("MULTIWRITE_VCLUSTER_TCP_CC"):
+        link += f", TCP congestion control {os.environ['MULTIWRITE_VCLUSTER_TCP_CC']}"
     return (f"# multiwrite bench {what}: {ctx.size} ranks on {topo.num_nodes} nodes ({per}, {where}); "
             f"launcher {ctx.launcher}, multiwrite transport {ctx.g.transport.name}\n"
             f"# {link}; median of {args.iters} iterations after {args.warmup_iters} warm-up, "
