@@ -5,6 +5,8 @@
 #
 #   bash scripts/bench_results.sh            # about 6 minutes on 2 cores; needs root + iproute2
 #   OUT=/tmp/res bash scripts/bench_results.sh
+#   TCP_CC=inherit OUT=/tmp/res bash scripts/bench_results.sh   # the host's TCP congestion control
+#                                                               # instead of cubic (see launch/vcluster --help)
 #
 # Writes, for each run NAME: NAME.json (every row and iteration), NAME.png (latency vs size, bound
 # dashed) and NAME.txt (the tables, the exact command, the host's load average before and after).
@@ -13,12 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/results}
 PY=${PYTHON:-python3}
+TCP_CC=${TCP_CC:-cubic}
 mkdir -p "$OUT"
 
 run() {   # run NAME BENCH-ARGS...
   local name=$1; shift
   local cmd=(scripts/bench_vcluster.sh --nodes 2 --ranks-per-node 4 --rate 1gbit --delay 100us --launcher mpirun
-             -- "$@" --json "$OUT/$name.json" --plot "$OUT/$name.png")
+             --tcp-congestion "$TCP_CC" -- "$@" --json "$OUT/$name.json" --plot "$OUT/$name.png")
   echo "== $name: ${cmd[*]}" >&2
   local before; before=$(cut -d' ' -f1-3 /proc/loadavg)
   "${cmd[@]}" >"$OUT/$name.log" 2>&1 || { tail -n 30 "$OUT/$name.log" >&2; return 1; }
