@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --delay-line) DELAY_LINE=$2; shift 2 ;;
     --tcp-congestion) TCP_CC=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) echo "bench_vcluster.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
