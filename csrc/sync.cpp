@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstring>
 #include <cmath>
 #include <thread>
 
@@ -92,15 +93,18 @@ int py_futex_wake(py::array buf, py::handle off) {
     return futex_wake_all(w);
 }
 
-bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object timeout_s) {
-    uint32_t* w = word(buf, off, false);
-    const uint32_t tgt = static_cast<uint32_t>(to_u64(target, "target", 0xFFFFFFFFu));
-    double timeout = INFINITY;
-    if (!timeout_s.is_none()) {
-        timeout = PyFloat_AsDouble(timeout_s.ptr());
-        if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
-        if (std::isnan(timeout) || timeout < 0) value_error("timeout_s must be >= 0 or None, got ", timeout);
-    }
+// A timeout argument: seconds >= 0, or None for no limit (INFINITY).
+double timeout_arg(py::handle timeout_s) {
+    if (timeout_s.is_none()) return INFINITY;
+    const double timeout = PyFloat_AsDouble(timeout_s.ptr());
+    if (timeout == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    if (std::isnan(timeout) || timeout < 0) value_error("timeout_s must be >= 0 or None, got ", timeout);
+    return timeout;
+}
+
+// Wait until *w >= tgt (true) or ``timeout`` seconds pass (false). Call with the GIL held: it is
+// released while sleeping and taken back briefly to honour signals.
+bool wait_word_ge(const uint32_t* w, uint32_t tgt, double timeout) {
     if (__atomic_load_n(w, __ATOMIC_ACQUIRE) >= tgt) return true;
 
     py::gil_scoped_release nogil;
@@ -131,8 +135,110 @@ bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object tim
         int64_t ns = kSliceNs;
         if (!forever)
             ns = std::min<int64_t>(ns, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count());
-        futex_wait(w, v, std::max<int64_t>(ns, 1000));
+        futex_wait(const_cast<uint32_t*>(w), v, std::max<int64_t>(ns, 1000));
     }
+}
+
+bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object timeout_s) {
+    uint32_t* w = word(buf, off, false);
+    const uint32_t tgt = static_cast<uint32_t>(to_u64(target, "target", 0xFFFFFFFFu));
+    return wait_word_ge(w, tgt, timeout_arg(timeout_s));
+}
+
+// ---- barrier-free node rounds (multiwrite.group.Group.round_*) ---------------------------------
+// One call per step of a small collective: on a host with more ranks than cores every Python line
+// of a rank's part costs the other ranks CPU time, so the steps that touch only shared memory are
+// done here. The layout (offsets) stays in Python; every offset is checked here.
+
+uint32_t u32_arg(py::handle h, const char* name) { return static_cast<uint32_t>(to_u64(h, name, 0xFFFFFFFFu)); }
+
+// Bytes [off, off + len) of ``buf`` (uint8, C-contiguous), bounds-checked.
+uint8_t* byte_span(py::array& buf, const char* name, uint64_t off, uint64_t len, bool writeable) {
+    require(buf, name, DT::U8, -1, writeable);
+    const uint64_t n = nbytes(buf);
+    if (off > n || len > n - off) value_error(name, ": bytes [", off, ", ", off + len, ") exceed its ", n, " bytes");
+    return static_cast<uint8_t*>(const_cast<void*>(buf.data())) + off;
+}
+
+// Count ``count`` chunks on the round counter ``w`` (value ``start`` before the round, ``end`` once it
+// is complete, mod 2**32); wake the waiters only with the arrival that completes the round.
+void round_count(uint32_t* w, uint32_t count, uint32_t start, uint32_t end) {
+    const uint32_t landed = __atomic_add_fetch(w, count, __ATOMIC_SEQ_CST) - start;
+    const int64_t before = static_cast<int64_t>(landed) - count;
+    if (before < static_cast<int64_t>(end - start) && end - start <= landed) futex_wake_all(w);
+}
+
+void py_round_arrive(py::array ctrl, py::handle count_offset, py::handle count, py::handle start, py::handle end) {
+    round_count(word(ctrl, count_offset, true), u32_arg(count, "count"), u32_arg(start, "start"), u32_arg(end, "end"));
+}
+
+void py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
+                  py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end) {
+    require(src, "src", DT::U8, -1);
+    const uint64_t n = nbytes(src);
+    uint8_t* dst = byte_span(staging, "staging", to_u64(dst_offset, "dst_offset"), n, true);
+    uint32_t* own = word(ctrl, own_offset, true);
+    uint32_t* counter = word(ctrl, count_offset, true);
+    const int64_t wake_at = to_i64(own_wake_value, "own_wake_value", -1, 0xFFFFFFFFll);
+    const uint32_t s = u32_arg(start, "start"), e = u32_arg(end, "end");
+    std::memcpy(dst, cdata<uint8_t>(src), n);
+    // The own chunk is counted on its word first: a rank waiting for the node's own chunks
+    // (round_wait_first) is woken by the one that completes them, the others sleep on.
+    const uint32_t owned = __atomic_add_fetch(own, 1u, __ATOMIC_SEQ_CST);
+    if (wake_at >= 0 && owned == static_cast<uint32_t>(wake_at)) futex_wake_all(own);
+    round_count(counter, 1, s, e);
+}
+
+// Status of round_collect.
+enum RoundStatus { kRoundDone = 0, kRoundWaiting = 1, kRoundFailed = 2, kRoundMismatch = 3 };
+
+int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target, py::object timeout_s,
+                     py::handle error_offset, py::handle number, py::handle signature_offset,
+                     py::handle signature_bytes, py::handle local_size, py::object staging, py::object out) {
+    const uint32_t* counter = word(ctrl, count_offset, false);
+    const uint32_t* failed = word(ctrl, error_offset, false);
+    const uint32_t tgt = u32_arg(target, "target"), num = u32_arg(number, "number");
+    const uint64_t sig_bytes = to_u64(signature_bytes, "signature_bytes", 64);
+    const uint64_t L = to_u64(local_size, "local_size", 64);
+    const uint8_t* sigs = byte_span(ctrl, "ctrl", to_u64(signature_offset, "signature_offset"),
+                                    L ? 64 * (L - 1) + sig_bytes : 0, false);
+    const uint8_t* from = nullptr;
+    uint8_t* to = nullptr;
+    uint64_t n = 0;
+    py::array out_arr, staging_arr;
+    if (!out.is_none()) {
+        out_arr = py::array::ensure(out);
+        staging_arr = py::array::ensure(staging);
+        if (!out_arr || !staging_arr) value_error("out and staging must be NumPy arrays");
+        require(out_arr, "out", DT::U8, -1, true);
+        n = nbytes(out_arr);
+        to = mdata<uint8_t>(out_arr);
+        from = byte_span(staging_arr, "staging", 0, n, false);
+    }
+    if (!wait_word_ge(counter, tgt, timeout_arg(timeout_s))) return kRoundWaiting;
+    if (__atomic_load_n(failed, __ATOMIC_ACQUIRE) == num) return kRoundFailed;
+    for (uint64_t i = 1; i < L; ++i)
+        if (std::memcmp(sigs, sigs + 64 * i, sig_bytes) != 0) return kRoundMismatch;
+    if (n) std::memcpy(to, from, n);
+    return kRoundDone;
+}
+
+void py_round_announce(py::array ctrl, py::handle announce_offset, py::handle seq, py::sequence signature,
+                       py::handle slot_offset) {
+    const size_t k = py::len(signature);
+    if (k > 7) value_error("signature has ", k, " values, at most 7 fit");
+    int64_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t i = 0; i < k; ++i) words[i] = to_i64(signature[i], "signature value");
+    const int64_t s = to_i64(seq, "seq", 0);
+    uint8_t* ann = byte_span(ctrl, "ctrl", to_u64(announce_offset, "announce_offset"), 64, true);
+    uint8_t* slot = byte_span(ctrl, "ctrl", to_u64(slot_offset, "slot_offset"), 64, true);
+    if (reinterpret_cast<uintptr_t>(ann) % 8 != 0) value_error("announce_offset is not 8-byte aligned in memory");
+    // Written like a seqlock (see Group.announce): seq invalid, the signature, then the seq.
+    int64_t* seq_word = reinterpret_cast<int64_t*>(ann);
+    __atomic_store_n(seq_word, int64_t(-1), __ATOMIC_SEQ_CST);
+    std::memcpy(ann + 8, words, 56);
+    __atomic_store_n(seq_word, s, __ATOMIC_SEQ_CST);
+    std::memcpy(slot, words, 64);
 }
 
 void py_copy_bytes(py::array dst, py::array src, py::handle dst_offset) {
@@ -178,6 +284,39 @@ handling): True when it is, False when ``timeout_s`` seconds (float >= 0, or Non
 pass first. Spins a few microseconds, then sleeps on a shared (non-private) Linux futex with the
 GIL released, so it works across processes sharing a MAP_SHARED mapping. Wakes at least every
 50 ms to re-check, and raises KeyboardInterrupt (etc.) if a signal handler fails meanwhile.)");
+    m.def("round_arrive", &py_round_arrive, py::arg("ctrl"), py::arg("count_offset"), py::arg("count"),
+          py::arg("start"), py::arg("end"),
+          R"(round_arrive(ctrl, count_offset, count, start, end) -> None
+
+Add ``count`` to the u32 round counter at ``count_offset`` of ``ctrl`` (uint8 shared memory); wake
+its waiters only if this addition completes the round, i.e. moves the counter (relative to
+``start``, mod 2**32) from below ``end - start`` to at least it.)");
+    m.def("round_put", &py_round_put, py::arg("ctrl"), py::arg("staging"), py::arg("src"), py::arg("dst_offset"),
+          py::arg("own_offset"), py::arg("own_wake_value"), py::arg("count_offset"), py::arg("start"), py::arg("end"),
+          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end) -> None
+
+A rank's own chunk of a round: staging[dst_offset : dst_offset + src.nbytes] = src (uint8,
+bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
+when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).)");
+    m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("count_offset"), py::arg("target"),
+          py::arg("timeout_s"), py::arg("error_offset"), py::arg("number"), py::arg("signature_offset"),
+          py::arg("signature_bytes"), py::arg("local_size"), py::arg("staging") = py::none(),
+          py::arg("out") = py::none(),
+          R"(round_collect(ctrl, count_offset, target, timeout_s, error_offset, number, signature_offset,
+              signature_bytes, local_size, staging=None, out=None) -> int
+
+Wait (as wait_u32_ge, at most ``timeout_s``) until the round counter reaches ``target``, then check
+the round: returns 1 if it did not in time, 2 if the u32 at ``error_offset`` equals ``number`` (a
+relay recorded a failure), 3 if the first ``signature_bytes`` of the ``local_size`` 64-byte
+signature slots from ``signature_offset`` differ, else copies out[:] = staging[:out.nbytes] (both
+uint8; out writeable) when ``out`` is given and returns 0.)");
+    m.def("round_announce", &py_round_announce, py::arg("ctrl"), py::arg("announce_offset"), py::arg("seq"),
+          py::arg("signature"), py::arg("slot_offset"),
+          R"(round_announce(ctrl, announce_offset, seq, signature, slot_offset) -> None
+
+Publish the collective a rank enters: at ``announce_offset`` of ``ctrl`` the int64 ``seq`` (>= 0)
+then the signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature
+is written); and the signature (zero-padded to 8 int64) into the 64-byte slot at ``slot_offset``.)");
     m.def("futex_wake", &py_futex_wake, py::arg("buf"), py::arg("offset"),
           R"(futex_wake(buf, offset) -> int
 

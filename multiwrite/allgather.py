@@ -12,7 +12,7 @@ straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 import numpy as np
 from time import perf_counter as _pc
 
-from . import _dtypes, _packets, _tensors
+from . import _core, _dtypes, _packets, _tensors
 from ._config import check_mode
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import ROUND_STAGING_BYTES, resolve, tag_for
@@ -167,35 +167,85 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     network: at small sizes the per-message CPU cost of many ranks, not the link, is what the time is
     made of (every rank sending its own chunk measured 1.4x slower at 1 KiB on the 8-rank virtual
     cluster; letting the rank that completes the node's chunks send, with an any-source receive at
-    the leader, measured no faster).
+    the leader, measured no faster). For the same reason a rank's part is a few calls: what depends
+    only on the chunk size is computed once (_SmallPlan), and the shared-memory steps are C++ calls.
     """
     topo = g.topo
-    P, c, r = g.size, src.nbytes, g.rank
+    plan = _SmallPlan.get(g, src.nbytes)
     if TRACE is not None: TRACE.append(("enter", _pc()))
-    aggregated = topo.num_nodes > 1 and node_aggregated(topo, c)
-    staging, rnd = g.round_begin(seq, (OP, seq, c, window_id, 0, _SMALL), arrivals=P, wait_first=aggregated)
-    staging[r * c:(r + 1) * c] = src
-    g.round_arrived_own(rnd)
-    if topo.local_size > 1:
-        g.stats.add_intra(c)
+    staging, rnd = g.round_begin(seq, (OP, seq, plan.c, window_id, 0, _SMALL), arrivals=g.size,
+                                 wait_first=plan.aggregated)
+    g.round_put(rnd, staging, src, plan.offset)
+    if plan.intra:
+        g.stats.add_intra(plan.c)
     error = None
-    if aggregated:
-        if r == topo.leader:
-            error, landed = _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c)
-            # My own copy first: the arrival below wakes the node's ranks, which then take the CPU
-            # (ranks outnumber cores on small hosts) while this rank would still have work.
-            out[:] = staging[:P * c]
-            g.round_arrived(rnd, landed)
-            g.round_wait(rnd, what, error)      # complete now: only checks for errors
-            if TRACE is not None: TRACE.append(("all_in", _pc()))
-            return out
-    elif topo.num_nodes > 1:
+    if plan.leads:
+        error, landed = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what)
+        # My own copy first: the arrival below wakes the node's ranks, which then take the CPU
+        # (ranks outnumber cores on small hosts) while this rank would still have work.
+        out[:] = staging[:plan.gathered]
+        g.round_arrived(rnd, landed)
+        g.round_wait(rnd, what, error)      # complete now: only checks for errors
+        if TRACE is not None: TRACE.append(("all_in", _pc()))
+        return out
+    if plan.relays:
         error = _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what)
     if TRACE is not None: TRACE.append(("relayed", _pc()))
-    g.round_wait(rnd, what, error)
+    g.round_wait(rnd, what, error, out=out, staging=staging)
     if TRACE is not None: TRACE.append(("all_in", _pc()))
-    out[:] = staging[:P * c]
     return out
+
+
+class _SmallPlan:
+    """What the small path needs for one chunk size on this rank, worked out once per group: on a
+    host with more ranks than cores, each rank's per-call Python work is CPU time its peers wait for.
+    Leaders also get their packet buffers (one set per round parity) and the staging slices that
+    each packet's payload lands in."""
+
+    _MAX_PLANS = 64      # chunk sizes remembered per group (the stress test uses many)
+
+    @classmethod
+    def get(cls, g, c):
+        plans = g.plans.setdefault("allgather_small", {})
+        plan = plans.get(c)
+        if plan is None:
+            if len(plans) >= cls._MAX_PLANS:
+                plans.pop(next(iter(plans)))
+            plan = plans[c] = cls(g, c)
+        return plan
+
+    def __init__(self, g, c):
+        topo, H = g.topo, _packets.HEADER
+        P = g.size
+        self.c, self.offset, self.gathered = c, g.rank * c, P * c
+        self.intra = topo.local_size > 1
+        self.aggregated = topo.num_nodes > 1 and node_aggregated(topo, c)
+        self.leads = self.aggregated and g.rank == topo.leader
+        self.relays = topo.num_nodes > 1 and not self.aggregated
+        if not self.leads:
+            return
+        self.fused = not g.transport.exact_size_recv
+        self.others = _other_nodes(topo)        # (node, its leader, its number of ranks)
+        mine = topo.node_ranks[topo.node]
+        self.payload_len = len(mine) * c
+        self.packet_offset = mine[0] * c
+        self.bitmaps = [_packets.full_bitmap(size) for _, _, size in self.others]
+        self.check_args = dict(window_size=P * c, num_local_ranks=topo.local_size)
+        # Per parity: inboxes (header + the node's chunks), outboxes (one row per other node), and
+        # per inbox the (staging offset, box offset, length) pieces its payload lands in.
+        self.inboxes = [[np.empty(H + size * c, dtype=np.uint8) for _, _, size in self.others] for _ in range(2)]
+        self.outboxes = [np.empty((len(self.others), H + self.payload_len), dtype=np.uint8) for _ in range(2)]
+        self.landing = [_payload_pieces(topo.node_ranks[m], c) for m, _, _ in self.others]
+        self.sending = _payload_pieces(mine, c)
+
+
+def _payload_pieces(ranks, c):
+    """(staging offset, packet offset, length) of the chunks of ``ranks`` in a packet's payload: one
+    piece when the ranks are consecutive."""
+    H = _packets.HEADER
+    if list(ranks) == list(range(ranks[0], ranks[0] + len(ranks))):
+        return [(ranks[0] * c, H, len(ranks) * c)]
+    return [(q * c, H + i * c, c) for i, q in enumerate(ranks)]
 
 
 def _other_nodes(topo):
@@ -203,33 +253,27 @@ def _other_nodes(topo):
     return [(m, topo.node_ranks[m][0], len(topo.node_ranks[m])) for m in range(topo.num_nodes) if m != topo.node]
 
 
-def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error):
+def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error):
     """Post the sends of my node's chunks (all in the staging area) as one packet to every other
     node's leader: one fused message (header + payload) where the transport tolerates receives longer
     than the message, else header then payload. A disagreement inside my node travels as a packet
     without payload (payload_len 0), which its receivers turn into a MismatchError (``local_error``:
     that disagreement, or None). Returns the send requests."""
-    topo = g.topo
-    H, mine = _packets.HEADER, topo.node_ranks[topo.node]
-    fused = not g.transport.exact_size_recv
-    payload_len = 0 if local_error else len(mine) * c
-    others = _other_nodes(topo)
-    outbox = g.private_buffer(f"allgather_small_out{rnd.parity}", len(others) * (H + len(mine) * c))
-    outbox = outbox.reshape(len(others), H + len(mine) * c)
+    H = _packets.HEADER
+    payload_len = 0 if local_error else plan.payload_len
+    outbox = plan.outboxes[rnd.parity]
     if payload_len:
-        pos = H
-        for part, _ in _node_chunks(staging, mine, c):
-            outbox[0, pos:pos + part.nbytes] = part
-            pos += part.nbytes
+        for at, pos, n in plan.sending:
+            outbox[0, pos:pos + n] = staging[at:at + n]
     sends = []
-    for i, (m, leader, size) in enumerate(others):
+    for i, (m, leader, size) in enumerate(plan.others):
         if i and payload_len:
             outbox[i, H:] = outbox[0, H:]
-        _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
-                       dest_bitmap=_packets.full_bitmap(size), offset=mine[0] * c if payload_len else 0,
-                       payload_len=payload_len)
+        _core.build_header(outbox[i, :H], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
+                           dest_bitmap=plan.bitmaps[i], offset=plan.packet_offset if payload_len else 0,
+                           payload_len=payload_len)
         g.stats.add_inter(H + payload_len, m)
-        if fused:
+        if plan.fused:
             sends.append(g.transport.isend(outbox[i, :H + payload_len], leader, tag))
         else:
             sends += [g.transport.isend(outbox[i, :H], leader, tag),
@@ -238,28 +282,14 @@ def _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error
     return sends
 
 
-def _node_chunks(staging, ranks, c):
-    """The chunks of ``ranks`` in the staging area: one slice when the ranks are consecutive."""
-    if list(ranks) == list(range(ranks[0], ranks[0] + len(ranks))):
-        return [(staging[ranks[0] * c:(ranks[-1] + 1) * c], ranks[0] * c)]
-    return [(staging[q * c:(q + 1) * c], q * c) for q in ranks]
-
-
-def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
+def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what):
     """The leader's part of the small path: send the node's chunks to every other node's leader,
     land theirs. Returns (the first error, how many chunks landed): the caller counts them as
     arrived, failed or not, so no peer waits for them."""
-    topo = g.topo
-    P, H = g.size, _packets.HEADER
-    fused = not g.transport.exact_size_recv
-    others = _other_nodes(topo)
-
-    recvs, inboxes = [], []
-    for i, (m, leader, size) in enumerate(others):
-        box = g.private_buffer(f"allgather_small_in{rnd.parity}_{i}", H + size * c)
-        recvs.append(g.recv(box, leader, tag) if fused else
-                     _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what))
-        inboxes.append(box)
+    H, fused = _packets.HEADER, plan.fused
+    inboxes = plan.inboxes[rnd.parity]
+    recvs = [g.recv(box, leader, tag) if fused else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what)
+             for box, (m, leader, size) in zip(inboxes, plan.others)]
 
     # Wait for the chunks of my node (they are counted on a word of their own).
     try:
@@ -268,10 +298,10 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
     except MismatchError as exc:     # a local rank took the other (barrier) path
         local_error = exc
     if TRACE is not None: TRACE.append(("local_in", _pc()))
-    sends = _post_node_packet(g, staging, rnd, seq, tag, window_id, what, c, local_error)
+    sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
 
     error, landed = local_error, 0
-    for i, (m, leader, size) in enumerate(others):
+    for i, (m, leader, size) in enumerate(plan.others):
         box = inboxes[i]
         try:
             if TRACE is not None: TRACE.append(("recv_wait", _pc()))
@@ -290,11 +320,9 @@ def _leader_exchange(g, staging, rnd, seq, tag, window_id, what, c):
             if disagreed is not None:
                 raise disagreed
             _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leader,
-                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=size * c)
-            pos = H
-            for part, _ in _node_chunks(staging, topo.node_ranks[m], c):
-                part[:] = box[pos:pos + part.nbytes]
-                pos += part.nbytes
+                           payload_len=size * plan.c, **plan.check_args)
+            for at, pos, n in plan.landing[i]:
+                staging[at:at + n] = box[pos:pos + n]
         except MultiwriteTimeout:
             raise
         except Exception as exc:

@@ -36,10 +36,10 @@ _CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
 
 #: Bytes of the node staging area per round parity (rounds are for small operations only).
 ROUND_STAGING_BYTES = 1 << 20
-_SIG_ROW = struct.Struct(f"<{_SIG_WORDS}q")   # one 64-byte slot of int64 words
 _SEQ_WORD = struct.Struct("<q")                 # an announcement's first word: the call's seq (-1 while written)
 _SIG_TAIL = struct.Struct(f"<{_SIG_WORDS - 1}q")   # the rest of an announcement: the signature
 _WAIT_SLICE_S = 0.02                 # how often a waiting rank checks its node peers' announcements
+_ROUND_DONE, _ROUND_WAITING, _ROUND_FAILED = 0, 1, 2   # _core.round_collect's status (3: signatures differ)
 
 _MIN_BUFFER = 1 << 20
 
@@ -79,6 +79,7 @@ class Group:
         self._epoch = 0
         self._buffers = {}          # name -> Segment (node-shared, grown on demand)
         self._private = {}          # name -> numpy buffer private to this rank
+        self.plans = {}             # operator -> what it precomputed for this group (e.g. per chunk size)
         self._closed = False
         self._rounds = 0
         # combine's zero-copy input: (handle seq, hidden, dtype, address) of the block that
@@ -162,10 +163,6 @@ class Group:
         _SIG_TAIL.pack_into(self._ctrl_view, offset + 8, *signature, *(0,) * (_SIG_WORDS - 1 - len(signature)))
         _SEQ_WORD.pack_into(self._ctrl_view, offset, seq)
         return seq, signature
-
-    def _write_slot(self, offset, values):
-        """The 64-byte control slot at ``offset`` = ``values`` (at most 8 ints) as int64, zero-padded."""
-        _SIG_ROW.pack_into(self._ctrl_view, offset, *values, *(0,) * (_SIG_WORDS - len(values)))
 
     def check_announcements(self, what, seq, signature):
         """MismatchError if a node peer entered call ``seq`` on another path: the last element of the
@@ -310,15 +307,16 @@ class Group:
         start = self._round_target[parity]       # counter value once every earlier round is complete
         self._round_target[parity] += arrivals
         end = self._round_target[parity]
-        announced = self.announce(seq, signature)
-        self._write_slot(_ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank), announced[1])
+        announced = (seq, signature)
+        _core.round_announce(self.ctrl, _ANNOUNCE + 64 * self.topo.local_rank, seq, signature,
+                             _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank))
         staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
         # every earlier round of this parity added one own chunk per local rank
         own_start = ((self._rounds - 1) // 2 * self.topo.local_size) & 0xFFFFFFFF
         return staging, RoundHandle(parity, self._rounds, announced, start, end, wait_first, own_start)
 
     def round_wait_first(self, handle, what):
-        """Wait until the node's own chunks (one per local rank) have landed (round_arrived_own)."""
+        """Wait until the node's own chunks (one per local rank) have landed (round_put)."""
         target = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF
         if not self._wait_word(_ROUND_OWN + 64 * handle.parity, target, what, handle.announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
@@ -334,23 +332,21 @@ class Group:
         return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
                 "different operation")
 
-    def round_arrived_own(self, handle):
-        """My own chunk is in the staging area (call after writing it)."""
-        offset = _ROUND_OWN + 64 * handle.parity
-        own = (_core.atomic_add_u32(self.ctrl, offset, 1, False) - handle.own_start) & 0xFFFFFFFF
-        if handle.wait_first and own == self.topo.local_size:
-            _core.futex_wake(self.ctrl, offset)
-        self.round_arrived(handle)
+    def round_put(self, handle, staging, src, offset):
+        """My own chunk: staging[offset : offset + src.nbytes] = src, counted as arrived (one C++ call:
+        the copy, the own-chunk count that wakes a round_wait_first waiter once the node's own chunks
+        are complete, and the round count)."""
+        parity = handle.parity
+        wake = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF if handle.wait_first else -1
+        _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity, wake,
+                        _ROUND_COUNT + 64 * parity, handle.start & 0xFFFFFFFF, handle.end & 0xFFFFFFFF)
 
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
         when the round is complete: each wake costs every waiter a context switch, and on a host with
         more ranks than cores the woken ranks take the CPU from the ones still working."""
-        parity, start, end = handle.parity, handle.start, handle.end
-        offset = _ROUND_COUNT + 64 * parity
-        landed = (_core.atomic_add_u32(self.ctrl, offset, count, False) - start) & 0xFFFFFFFF
-        if landed - count < end - start <= landed:
-            _core.futex_wake(self.ctrl, offset)
+        _core.round_arrive(self.ctrl, _ROUND_COUNT + 64 * handle.parity, count, handle.start & 0xFFFFFFFF,
+                           handle.end & 0xFFFFFFFF)
 
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
@@ -361,23 +357,40 @@ class Group:
         msg[:len(text)] = np.frombuffer(text, dtype=np.uint8)
         _core.atomic_store_u32(self.ctrl, _ROUND_ERR + 64 * parity, number & 0xFFFFFFFF)
 
-    def round_wait(self, handle, what, error=None):
+    def round_wait(self, handle, what, error=None, out=None, staging=None):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
-        local rank's signature differs or a relay on this node recorded a failure."""
+        local rank's signature differs or a relay on this node recorded a failure. With ``out``
+        (uint8), copy out[:] = staging[:out.nbytes] once the round is complete and correct (in the
+        same C++ call as the wait and the checks)."""
         parity, number, announced = handle.parity, handle.number, handle.announced
-        target = handle.end & 0xFFFFFFFF
-        if not self._wait_word(_ROUND_COUNT + 64 * parity, target, what, announced):
-            raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
-                                    f"chunks; {self._not_entered(announced[0])}")
+        if error is not None:
+            out = None
+        args = (self.ctrl, _ROUND_COUNT + 64 * parity, handle.end & 0xFFFFFFFF)
+        checks = (_ROUND_ERR + 64 * parity, number & 0xFFFFFFFF, _ROUND_SIG + 64 * _MAX_LOCAL * parity,
+                  8 * len(announced[1]), self.topo.local_size, staging, out)
+        # Slices: between them, a peer stuck in a different kind of wait is found (check_announcements)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            status = _core.round_collect(*args, max(0.0, min(_WAIT_SLICE_S, left)), *checks)
+            if status == _ROUND_DONE:
+                if error is not None:
+                    raise error
+                return
+            if status != _ROUND_WAITING:
+                break
+            if left <= _WAIT_SLICE_S:
+                raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
+                                        f"chunks; {self._not_entered(announced[0])}")
+            self.check_announcements(what, *announced)
         if error is not None:
             raise error
-        if _core.atomic_load_u32(self.ctrl, _ROUND_ERR + 64 * parity) == number & 0xFFFFFFFF:
+        if status == _ROUND_FAILED:
             msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
             raise MismatchError(f"{what}: a relay of this node failed: "
                                 f"{bytes(msg).rstrip(bytes(1)).decode(errors='replace')}")
-        mismatch = self.round_mismatch(handle, what)
-        if mismatch is not None:
-            raise mismatch
+        raise self.round_mismatch(handle, what) or MismatchError(f"{what}: the ranks of node {self.topo.node} "
+                                                                 f"called it with different arguments")
 
     def round_mismatch(self, handle, what):
         """MismatchError if the local ranks that entered the round disagree on its signature (valid
@@ -486,6 +499,7 @@ class Group:
             seg.close()
         self._buffers.clear()
         self._private.clear()
+        self.plans.clear()
         self.ctrl = None
         self._ctrl_view.release()
         self._ctrl_seg.close()

@@ -31,6 +31,10 @@ def main(argv=None):
     ap.add_argument("--zero-copy", action="store_true",
                     help="combine: write the input into get_combine_buffer first (untimed), as the benchmark does")
     ap.add_argument("--iters", type=int, default=0, help="timed iterations (default 200 all_gather, 8 MoE)")
+    ap.add_argument("--barrier", choices=("transport", "mpi"), default="transport",
+                    help="barrier before each iteration: the group's transport (default) or a blocking "
+                         "MPI_Barrier, as the benchmarks use under mpirun")
+    ap.add_argument("--torch", action="store_true", help="all_gather: bfloat16 tensors, as the benchmark passes")
     args = ap.parse_args(argv)
     g = mw.init()
     prepare = lambda: None
@@ -38,6 +42,8 @@ def main(argv=None):
         from multiwrite import allgather as module
         x = np.full(args.bytes, g.rank % 251, dtype=np.uint8)
         out = np.empty(g.size * args.bytes, dtype=np.uint8)
+        if args.torch:
+            x, out = torch.from_numpy(x).view(torch.bfloat16), torch.from_numpy(out).view(torch.bfloat16)
         call, scale, unit, iters = (lambda: mw.all_gather(out, x)), 1e6, "us", args.iters or 200
     else:
         import importlib
@@ -66,10 +72,14 @@ def main(argv=None):
     for _ in range(3 if args.op != "allgather" else 20):
         prepare()
         call()
+    barrier = g.transport.barrier
+    if args.barrier == "mpi":
+        from mpi4py import MPI
+        barrier = MPI.COMM_WORLD.Barrier
     records = []
     for _ in range(iters):
         prepare()
-        g.transport.barrier()
+        barrier()
         module.TRACE = []
         t0 = time.perf_counter()
         call()
