@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from . import _core
-from .errors import MismatchError
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 
 HEADER = _core.HEADER_SIZE
 
@@ -219,7 +219,6 @@ def send(g, header, payload, dst, tag, *, window_id, seq, dest_bitmap, offset=0)
 
 def wait_checked(g, requests, what):
     """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
-    from .errors import MultiwriteError
     try:
         g.wait_all(requests, what)
     except MultiwriteError:
@@ -232,7 +231,6 @@ def wait_checked(g, requests, what):
 def _first_error(error, step):
     """Run ``step()``: a timeout is raised at once (the peers time out too), another failure is
     returned unless ``error`` (an earlier one) is already set."""
-    from .errors import MultiwriteTimeout
     try:
         step()
     except MultiwriteTimeout:

@@ -30,15 +30,22 @@ def itemsize(x) -> int:
     return x.element_size() if is_tensor(x) else np.asarray(x).itemsize
 
 
+def _byte_view(t):
+    """uint8 [t.nbytes] NumPy view of the contiguous CPU tensor ``t`` (no copy). The cheapest chain of
+    calls that works for every dtype (bfloat16 has no NumPy dtype; .numpy() needs no autograd)."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dim() == 0:
+        t = t.reshape(1)
+    return t.view(torch.uint8).numpy().reshape(-1)
+
+
 def input_bytes(x) -> np.ndarray:
     """Read-only byte view of ``x`` (a contiguous copy first if ``x`` is not contiguous)."""
     if is_tensor(x):
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise TypeError(f"multiwrite works on CPU tensors; got a tensor on {x.device}")
-        t = x.detach()
-        if not t.is_contiguous():
-            t = t.contiguous()
-        return t.reshape(-1).view(torch.uint8).numpy()
+        return _byte_view(x if x.is_contiguous() else x.contiguous())
     a = np.ascontiguousarray(x)
     return a.reshape(-1).view(np.uint8)
 
@@ -51,13 +58,11 @@ class OutputBytes:
         self.out = out
         self._stage = None
         if is_tensor(out):
-            if out.device.type != "cpu":
+            if not out.is_cpu:
                 raise TypeError(f"multiwrite works on CPU tensors; got a tensor on {out.device}")
-            t = out.detach()
-            if not t.is_contiguous():
-                self._stage = torch.empty(t.shape, dtype=t.dtype)
-                t = self._stage
-            self.bytes = t.reshape(-1).view(torch.uint8).numpy()
+            if not out.is_contiguous():
+                self._stage = torch.empty(out.shape, dtype=out.dtype)
+            self.bytes = _byte_view(out if self._stage is None else self._stage)
         else:
             if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
                 raise TypeError("output must be a torch tensor or a writable C-contiguous numpy array")

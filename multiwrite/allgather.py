@@ -316,11 +316,12 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what):
                     raise
                 raise disagreed from None
             if TRACE is not None: TRACE.append(("recv_done", _pc()))
-            disagreed = _node_disagreement(box, what, m, leader)
-            if disagreed is not None:
-                raise disagreed
-            _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leader,
-                           payload_len=size * plan.c, **plan.check_args)
+            info = _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leader,
+                                  **plan.check_args)
+            if info["payload_len"] != size * plan.c:
+                raise _node_disagreement(box, what, m, leader) or MismatchError(
+                    f"{what}: rank {leader} sent {info['payload_len']} bytes, this rank expects "
+                    f"{size * plan.c} (sizes differ across ranks)")
             for at, pos, n in plan.landing[i]:
                 staging[at:at + n] = box[pos:pos + n]
         except MultiwriteTimeout:
