@@ -172,7 +172,7 @@ void py_round_arrive(py::array ctrl, py::handle count_offset, py::handle count, 
     round_count(word(ctrl, count_offset, true), u32_arg(count, "count"), u32_arg(start, "start"), u32_arg(end, "end"));
 }
 
-void py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
+uint32_t py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
                   py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end) {
     require(src, "src", DT::U8, -1);
     const uint64_t n = nbytes(src);
@@ -187,6 +187,7 @@ void py_round_put(py::array ctrl, py::array staging, py::array src, py::handle d
     const uint32_t owned = __atomic_add_fetch(own, 1u, __ATOMIC_SEQ_CST);
     if (wake_at >= 0 && owned == static_cast<uint32_t>(wake_at)) futex_wake_all(own);
     round_count(counter, 1, s, e);
+    return owned;
 }
 
 // Status of round_collect.
@@ -293,11 +294,12 @@ its waiters only if this addition completes the round, i.e. moves the counter (r
 ``start``, mod 2**32) from below ``end - start`` to at least it.)");
     m.def("round_put", &py_round_put, py::arg("ctrl"), py::arg("staging"), py::arg("src"), py::arg("dst_offset"),
           py::arg("own_offset"), py::arg("own_wake_value"), py::arg("count_offset"), py::arg("start"), py::arg("end"),
-          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end) -> None
+          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end) -> int
 
 A rank's own chunk of a round: staging[dst_offset : dst_offset + src.nbytes] = src (uint8,
 bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
-when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).)");
+when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).
+Returns the own-chunk word's new value (so the rank that completes the node's chunks knows it).)");
     m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("count_offset"), py::arg("target"),
           py::arg("timeout_s"), py::arg("error_offset"), py::arg("number"), py::arg("signature_offset"),
           py::arg("signature_bytes"), py::arg("local_size"), py::arg("staging") = py::none(),

@@ -44,8 +44,11 @@ def build(out, *, window_id, seq, src_rank, dest_node, dest_bitmap, offset, payl
 
 def check(header, *, what, window_id, seq, src_rank, window_size, num_local_ranks, payload_len=None):
     """Validate a received header against what this operation expects; a mismatch between ranks
-    (different sizes, different operation) becomes a MismatchError naming the source rank."""
+    (different sizes, different operation) becomes a MismatchError naming the source rank.
+    ``src_rank`` None: any sender (the caller checks the one in the returned dict)."""
     info = _core.parse_header(header, window_size=window_size, num_local_ranks=num_local_ranks)
+    if src_rank is None:      # a receive from any source: the header names the sender
+        src_rank = info["src_rank"]
     if info["window_id"] != window_id or info["seq"] != seq or info["src_rank"] != src_rank:
         raise MismatchError(
             f"{what}: rank {src_rank} sent a packet of {describe(info['window_id'])} call #{info['seq']} "

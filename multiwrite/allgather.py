@@ -160,27 +160,36 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     """MultiWrite AllGather for small chunks (latency-bound): no node barriers, one message per node pair.
 
     Every rank writes its chunk into the node's round staging area (Group.round_*: a counter per round
-    instead of barriers). Up to AGGREGATE_MAX_BYTES per node, the node leader waits for its node's
-    chunks, sends them as ONE packet to the leader of every other node (header + the node's L chunks:
-    the same L·c payload bytes cross the link as in the general path, with one header instead of L),
-    and lands the packets it receives in the staging area. Ranks other than the leader never touch the
-    network: at small sizes the per-message CPU cost of many ranks, not the link, is what the time is
-    made of (every rank sending its own chunk measured 1.4x slower at 1 KiB on the 8-rank virtual
-    cluster; letting the rank that completes the node's chunks send, with an any-source receive at
-    the leader, measured no faster). For the same reason a rank's part is a few calls: what depends
-    only on the chunk size is computed once (_SmallPlan), and the shared-memory steps are C++ calls.
+    instead of barriers). Up to AGGREGATE_MAX_BYTES per node, the node's chunks travel as ONE packet
+    to the leader of every other node (header + the node's L chunks: the same L·c payload bytes cross
+    the link as in the general path, with one header instead of L), which lands it in its node's
+    staging area. The packet is sent by the rank whose chunk completes the node's chunks where the
+    transport can receive from any source (MPI): waking the leader to send would put a wake-up (100-200
+    us with 8 ranks on 2 cores) on the critical path. Elsewhere (Gloo) the leader sends it. Other ranks
+    never touch the network: at small sizes the per-message CPU cost of many ranks, not the link, is
+    what the time is made of (every rank sending its own chunk measured 1.4x slower at 1 KiB on the
+    8-rank virtual cluster). For the same reason a rank's part is a few calls: what depends only on
+    the chunk size is computed once (_SmallPlan), and the shared-memory steps are C++ calls.
     """
-    topo = g.topo
     plan = _SmallPlan.get(g, src.nbytes)
     if TRACE is not None: TRACE.append(("enter", _pc()))
     staging, rnd = g.round_begin(seq, (OP, seq, plan.c, window_id, 0, _SMALL), arrivals=g.size,
                                  wait_first=plan.aggregated)
-    g.round_put(rnd, staging, src, plan.offset)
+    completed = g.round_put(rnd, staging, src, plan.offset, wake_first=not plan.any_sender)
+    if TRACE is not None: TRACE.append(("put", _pc()))
+    if TRACE is not None: TRACE.append(("put", _pc()))
     if plan.intra:
         g.stats.add_intra(plan.c)
+    sends = None
+    if plan.any_sender and completed:
+        # My chunk completed the node's: I send them (a disagreement in my node: a packet without
+        # payload), then wake the leader, which receives the other nodes' packets.
+        sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, g.round_mismatch(rnd, what))
+        if not plan.leads:
+            g.round_wake_first(rnd)
     error = None
     if plan.leads:
-        error, landed = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what)
+        error, landed = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)
         # My own copy first: the arrival below wakes the node's ranks, which then take the CPU
         # (ranks outnumber cores on small hosts) while this rank would still have work.
         out[:] = staging[:plan.gathered]
@@ -188,7 +197,9 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
         g.round_wait(rnd, what, error)      # complete now: only checks for errors
         if TRACE is not None: TRACE.append(("all_in", _pc()))
         return out
-    if plan.relays:
+    if sends is not None:
+        error = _packets.finish_sends(g, what, sends)
+    elif plan.relays:
         error = _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what)
     if TRACE is not None: TRACE.append(("relayed", _pc()))
     g.round_wait(rnd, what, error, out=out, staging=staging)
@@ -199,8 +210,8 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
 class _SmallPlan:
     """What the small path needs for one chunk size on this rank, worked out once per group: on a
     host with more ranks than cores, each rank's per-call Python work is CPU time its peers wait for.
-    Leaders also get their packet buffers (one set per round parity) and the staging slices that
-    each packet's payload lands in."""
+    Senders of node packets also get their buffers (one set per round parity), leaders the staging
+    slices that each other node's packet lands in."""
 
     _MAX_PLANS = 64      # chunk sizes remembered per group (the stress test uses many)
 
@@ -222,21 +233,27 @@ class _SmallPlan:
         self.aggregated = topo.num_nodes > 1 and node_aggregated(topo, c)
         self.leads = self.aggregated and g.rank == topo.leader
         self.relays = topo.num_nodes > 1 and not self.aggregated
-        if not self.leads:
-            return
+        # any rank may send the node's packet: the leaders receive it from any source
+        self.any_sender = self.aggregated and g.transport.recv_any_source
         self.fused = not g.transport.exact_size_recv
+        if not self.aggregated:
+            return
         self.others = _other_nodes(topo)        # (node, its leader, its number of ranks)
         mine = topo.node_ranks[topo.node]
         self.payload_len = len(mine) * c
         self.packet_offset = mine[0] * c
         self.bitmaps = [_packets.full_bitmap(size) for _, _, size in self.others]
         self.check_args = dict(window_size=P * c, num_local_ranks=topo.local_size)
-        # Per parity: inboxes (header + the node's chunks), outboxes (one row per other node), and
-        # per inbox the (staging offset, box offset, length) pieces its payload lands in.
-        self.inboxes = [[np.empty(H + size * c, dtype=np.uint8) for _, _, size in self.others] for _ in range(2)]
+        # outboxes: one row per other node, per parity
         self.outboxes = [np.empty((len(self.others), H + self.payload_len), dtype=np.uint8) for _ in range(2)]
-        self.landing = [_payload_pieces(topo.node_ranks[m], c) for m, _, _ in self.others]
         self.sending = _payload_pieces(mine, c)
+        if self.leads:
+            # inboxes (header + a node's chunks) per parity; an any-source receive fits any node's packet
+            most = max(size for _, _, size in self.others)
+            self.inboxes = [[np.empty(H + (most if self.any_sender else size) * c, dtype=np.uint8)
+                             for _, _, size in self.others] for _ in range(2)]
+            # per other node: the (staging offset, packet offset, length) pieces its payload lands in
+            self.landing = {m: _payload_pieces(topo.node_ranks[m], c) for m, _, _ in self.others}
 
 
 def _payload_pieces(ranks, c):
@@ -282,29 +299,39 @@ def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error):
     return sends
 
 
-def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what):
-    """The leader's part of the small path: send the node's chunks to every other node's leader,
-    land theirs. Returns (the first error, how many chunks landed): the caller counts them as
-    arrived, failed or not, so no peer waits for them."""
-    H, fused = _packets.HEADER, plan.fused
+def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
+    """The leader's part of the small path: land the other nodes' packets; with a transport that
+    cannot receive from any source, also send my node's (``sends``: the requests of my node's packet
+    if I sent it already, else None). Returns (the first error, how many chunks landed): the caller
+    counts them as arrived, failed or not, so no peer waits for them."""
+    H, fused, topo = _packets.HEADER, plan.fused, g.topo
     inboxes = plan.inboxes[rnd.parity]
-    recvs = [g.recv(box, leader, tag) if fused else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what)
-             for box, (m, leader, size) in zip(inboxes, plan.others)]
+    if plan.any_sender:
+        recvs = [g.transport.irecv_any(box, tag) for box in inboxes]
+    else:
+        recvs = [g.recv(box, leader, tag) if fused else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what)
+                 for box, (m, leader, size) in zip(inboxes, plan.others)]
 
     # Wait for the chunks of my node (they are counted on a word of their own).
     try:
         g.round_wait_first(rnd, what)
         local_error = g.round_mismatch(rnd, what)
-    except MismatchError as exc:     # a local rank took the other (barrier) path
+    except MismatchError as exc:     # a local rank took the other (barrier) path: no rank sent
         local_error = exc
+        if sends is None:
+            sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
     if TRACE is not None: TRACE.append(("local_in", _pc()))
-    sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
+    if sends is None and not plan.any_sender:
+        sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
 
-    error, landed = local_error, 0
+    error, landed, pending = local_error, 0, {m: (leader, size) for m, leader, size in plan.others}
     for i, (m, leader, size) in enumerate(plan.others):
         box = inboxes[i]
         try:
             if TRACE is not None: TRACE.append(("recv_wait", _pc()))
+            if plan.any_sender:      # for a timeout message
+                recvs[i].description = (f"the packet of node(s) {sorted(pending)} (sent by the rank whose chunk "
+                                        f"completes its node's)")
             try:
                 if fused:
                     _packets.wait_checked(g, [recvs[i]], what)
@@ -316,30 +343,40 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what):
                     raise
                 raise disagreed from None
             if TRACE is not None: TRACE.append(("recv_done", _pc()))
-            info = _packets.check(box[:H], what=what, window_id=window_id, seq=seq, src_rank=leader,
-                                  **plan.check_args)
+            info = _packets.check(box[:H], what=what, window_id=window_id, seq=seq,
+                                  src_rank=None if plan.any_sender else leader, **plan.check_args)
+            if plan.any_sender:      # which node sent it: the header says
+                sender = info["src_rank"]
+                m = topo.node_of[sender] if 0 <= sender < g.size else None
+                if m not in pending:
+                    raise MismatchError(f"{what}: rank {info['src_rank']} sent a packet for node {m}, "
+                                        f"but this rank expects one from each other node, once")
+                leader, size = pending[m]
+            pending.pop(m, None)
             if info["payload_len"] != size * plan.c:
-                raise _node_disagreement(box, what, m, leader) or MismatchError(
-                    f"{what}: rank {leader} sent {info['payload_len']} bytes, this rank expects "
+                raise _node_disagreement(box, what, m, info["src_rank"]) or MismatchError(
+                    f"{what}: rank {info['src_rank']} sent {info['payload_len']} bytes, this rank expects "
                     f"{size * plan.c} (sizes differ across ranks)")
-            for at, pos, n in plan.landing[i]:
+            for at, pos, n in plan.landing[m]:
                 staging[at:at + n] = box[pos:pos + n]
         except MultiwriteTimeout:
             raise
         except Exception as exc:
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
-        landed += size
-    return _packets.finish_sends(g, what, sends, error), landed
+    landed = g.size - topo.local_size     # every other node's chunks, landed or failed
+    if sends is not None:
+        error = _packets.finish_sends(g, what, sends, error)
+    return error, landed
 
 
-def _node_disagreement(box, what, node, leader):
+def _node_disagreement(box, what, node, sender):
     """The MismatchError that a payload-less packet in ``box`` stands for (the ranks of ``node``
     disagreed, see _post_node_packet), or None for a packet with payload."""
     if int(box[32:40].view(np.uint64)[0]) != 0:
         return None
     return MismatchError(f"{what}: the ranks of node {node} called it with different arguments (reported "
-                         f"by its leader, rank {leader})")
+                         f"by rank {sender})")
 
 
 def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):

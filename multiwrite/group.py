@@ -96,6 +96,10 @@ class Group:
         self._ctrl_seg, self._round_seg = shm.create_node_segments(
             transport, self.topo, [_CTRL_BYTES, 2 * ROUND_STAGING_BYTES])
         self.ctrl = self._ctrl_seg.array
+        # the round staging banks, and the topology values the per-call round steps use
+        self._round_banks = [self._round_seg.array[p * ROUND_STAGING_BYTES:(p + 1) * ROUND_STAGING_BYTES]
+                             for p in (0, 1)]
+        self._local_rank, self._local_size = self.topo.local_rank, self.topo.local_size
         self._ctrl_view = memoryview(self.ctrl)     # struct.pack_into: 10x cheaper than NumPy for a slot
         self.rank, self.size = self.topo.rank, self.topo.world_size
 
@@ -307,13 +311,12 @@ class Group:
         start = self._round_target[parity]       # counter value once every earlier round is complete
         self._round_target[parity] += arrivals
         end = self._round_target[parity]
-        announced = (seq, signature)
-        _core.round_announce(self.ctrl, _ANNOUNCE + 64 * self.topo.local_rank, seq, signature,
-                             _ROUND_SIG + 64 * (_MAX_LOCAL * parity + self.topo.local_rank))
-        staging = self._round_seg.array[parity * ROUND_STAGING_BYTES:(parity + 1) * ROUND_STAGING_BYTES]
+        me = self._local_rank
+        _core.round_announce(self.ctrl, _ANNOUNCE + 64 * me, seq, signature, _ROUND_SIG + 64 * (_MAX_LOCAL * parity + me))
         # every earlier round of this parity added one own chunk per local rank
-        own_start = ((self._rounds - 1) // 2 * self.topo.local_size) & 0xFFFFFFFF
-        return staging, RoundHandle(parity, self._rounds, announced, start, end, wait_first, own_start)
+        own_start = ((self._rounds - 1) // 2 * self._local_size) & 0xFFFFFFFF
+        return self._round_banks[parity], RoundHandle(parity, self._rounds, (seq, signature), start, end, wait_first,
+                                                      own_start)
 
     def round_wait_first(self, handle, what):
         """Wait until the node's own chunks (one per local rank) have landed (round_put)."""
@@ -332,14 +335,21 @@ class Group:
         return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
                 "different operation")
 
-    def round_put(self, handle, staging, src, offset):
+    def round_put(self, handle, staging, src, offset, wake_first=True):
         """My own chunk: staging[offset : offset + src.nbytes] = src, counted as arrived (one C++ call:
-        the copy, the own-chunk count that wakes a round_wait_first waiter once the node's own chunks
-        are complete, and the round count)."""
-        parity = handle.parity
-        wake = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF if handle.wait_first else -1
-        _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity, wake,
-                        _ROUND_COUNT + 64 * parity, handle.start & 0xFFFFFFFF, handle.end & 0xFFFFFFFF)
+        the copy, the own-chunk count, and the round count). Returns True when this chunk completed
+        the node's own chunks. Then, if the round has a round_wait_first waiter, it is woken here
+        with ``wake_first``; without, the caller wakes it with round_wake_first (after work that
+        should not wait for the CPU the woken rank takes)."""
+        parity, target = handle.parity, (handle.own_start + self._local_size) & 0xFFFFFFFF
+        wake = target if handle.wait_first and wake_first else -1
+        own = _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity, wake,
+                              _ROUND_COUNT + 64 * parity, handle.start & 0xFFFFFFFF, handle.end & 0xFFFFFFFF)
+        return own == target
+
+    def round_wake_first(self, handle):
+        """Wake the round_wait_first waiter (see round_put)."""
+        _core.futex_wake(self.ctrl, _ROUND_OWN + 64 * handle.parity)
 
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
@@ -367,7 +377,7 @@ class Group:
             out = None
         args = (self.ctrl, _ROUND_COUNT + 64 * parity, handle.end & 0xFFFFFFFF)
         checks = (_ROUND_ERR + 64 * parity, number & 0xFFFFFFFF, _ROUND_SIG + 64 * _MAX_LOCAL * parity,
-                  8 * len(announced[1]), self.topo.local_size, staging, out)
+                  8 * len(announced[1]), self._local_size, staging, out)
         # Slices: between them, a peer stuck in a different kind of wait is found (check_announcements)
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -500,6 +510,7 @@ class Group:
         self._buffers.clear()
         self._private.clear()
         self.plans.clear()
+        self._round_banks = None
         self.ctrl = None
         self._ctrl_view.release()
         self._ctrl_seg.close()

@@ -84,11 +84,13 @@ def test_timeout_when_peer_missing(launcher):
                             env={"MULTIWRITE_RANKS_PER_NODE": 2, "MULTIWRITE_TIMEOUT": 3}, timeout=120)
     assert code != -999, out
     assert out.count("timeout after") == 3, out
-    # the missing rank's node peer names it; the other node's ranks name the relay that never sent
-    # (rank 2, itself waiting for rank 3) or say the wait is for another node
+    # the missing rank's node peer names it; the other node's ranks name the node whose packet never
+    # came (node 1: its chunks are never complete), the relay that never sent (rank 2, itself waiting
+    # for rank 3), or say the wait is for another node
     assert re.search(r"rank 2: timeout after [^\n]*rank\(s\) \[3\] of this node did not arrive", out), out
     for r in (0, 1):
-        assert re.search(rf"rank {r}: timeout after [^\n]*(every rank of this node entered|from rank 2 )", out), out
+        assert re.search(rf"rank {r}: timeout after [^\n]*(every rank of this node entered|from rank 2 |"
+                         rf"packet of node\(s\) \[1\])", out), out
     assert "MultiwriteTimeout" not in out or "Traceback" not in out, out
 
 

@@ -38,6 +38,7 @@ class _MPIRequest(Request):
 class MPITransport(Transport):
     name = "mpi"
     exact_size_recv = False   # size mismatches surface as MPI_ERR_TRUNCATE / short counts
+    recv_any_source = True
 
     def __init__(self, comm=None, timeout_s=300.0):
         from mpi4py import MPI
@@ -74,6 +75,11 @@ class MPITransport(Transport):
             return CompletedRequest()
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
         return _MPIRequest(req, buf, f"receive of {buf.nbytes} B from rank {src}", self)
+
+    def irecv_any(self, buf, tag):
+        self.check_buffer(buf)
+        req = self.comm.Irecv([buf, self.MPI.BYTE], source=self.MPI.ANY_SOURCE, tag=self._tag(tag))
+        return _MPIRequest(req, buf, f"receive of up to {buf.nbytes} B from any rank", self)
 
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
