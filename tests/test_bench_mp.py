@@ -113,3 +113,20 @@ def test_bench_help_and_errors(capsys):
     assert "--impls: unknown ['nccl']" in capsys.readouterr().err
     assert main(["dispatch", "-T", "0"]) == 2
     assert "token counts must be >= 1" in capsys.readouterr().err
+
+
+def test_balanced_orders():
+    """--order balanced: every implementation comes first equally often and follows every other
+    equally often (a Williams square), so no implementation always runs after the same one."""
+    from collections import Counter
+
+    from multiwrite.bench.common import balanced_orders
+    assert balanced_orders(1) == [[0]]
+    for n in range(2, 7):
+        rows = balanced_orders(n)
+        assert len(rows) == (2 * n if n % 2 else n)
+        assert all(sorted(row) == list(range(n)) for row in rows)
+        firsts = Counter(row[0] for row in rows)
+        follows = Counter((a, b) for row in rows for a, b in zip(row, row[1:]))
+        assert set(firsts) == set(range(n)) and len(set(firsts.values())) == 1, rows
+        assert len(follows) == n * (n - 1) and len(set(follows.values())) == 1, rows

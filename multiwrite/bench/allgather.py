@@ -159,7 +159,8 @@ def bench(ctx, args, sizes=None):
         impls = _impls(ctx, names, data)
         progress(f"size {format_size(c)} per rank: {len(impls)} implementations x "
                  f"{args.warmup_iters}+{args.iters} iterations", force=True)
-        res = common.run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"{format_size(c)}:")
+        res = common.run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"{format_size(c)}:",
+                                         order=args.order)
         L = [len(topo.node_ranks[m]) for m in range(N)]
         egress = [L[m] * (N - 1) * c for m in range(N)]
         ingress = [(P - L[m]) * c for m in range(N)]

@@ -4,7 +4,8 @@ the physical bound, tables, JSON and plots.
 
 Conventions (DESIGN.md section 8):
 
-* every implementation runs on the same data in the same run, interleaved A B C D A B C D ...; every
+* every implementation runs on the same data in the same run, interleaved A B D C, B C A D, ... (a
+  balanced order: each implementation follows each other equally often; ``--order fixed``); every
   iteration starts after a barrier; time of an iteration = max over ranks of the rank's time; the
   reported time = median over the timed iterations (warm-up iterations are not counted);
 * every result (warm-up included) is checked against a reference each rank computes locally from the
@@ -90,6 +91,13 @@ def add_common_arguments(parser, *, sizes_help):
                         "mpi = MPI's own collective (mpi4py; needs mpirun), gloo = torch.distributed Gloo's own, "
                         "unicast = multiwrite with one copy per destination rank (mode='unicast'), "
                         "multiwrite = multiwrite MultiWrite (one copy per destination node)")
+    g.add_argument("--order", choices=("balanced", "fixed"), default="balanced",
+                   help="order of the implementations within an iteration: balanced = the rows of a Williams "
+                        "square, one per iteration (every implementation comes first equally often and "
+                        "follows every other equally often), fixed = always the --impls order. Default "
+                        "%(default)s: what ran just before changes a small call's time (after Gloo's 14 ms "
+                        "call, spent waiting, a 1 KiB MultiWrite all_gather measured 1.4-1.7 ms instead of "
+                        "0.9-1.1, MPI's 1.03 instead of 0.86), so a fixed order biases the table")
     g.add_argument("--seed", type=int, default=1, help="seed of the data and routing (default %(default)s)")
     g = parser.add_argument_group("physical bound (default: MULTIWRITE_VCLUSTER_RATE / _PATH_DELAY_US from launch/vcluster)")
     g.add_argument("--rate", default=None, metavar="RATE",
@@ -338,8 +346,23 @@ class Progress:
             print(f"[bench {self.what} +{now - self.t0:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
-def run_interleaved(ctx, impls, iters, warmup, progress=None, label=""):
-    """Run every implementation ``warmup + iters`` times, interleaved, each after a barrier.
+def balanced_orders(n):
+    """Orders of ``n`` implementations in which each comes first equally often and each follows each
+    other equally often (a Williams square: n rows for even n, 2n for odd n)."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(v + i) % n for v in first] for i in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 and n > 1 else rows
+
+
+def run_interleaved(ctx, impls, iters, warmup, progress=None, label="", order="balanced"):
+    """Run every implementation ``warmup + iters`` times, interleaved, each after a barrier; iteration
+    i runs them in row i of ``balanced_orders`` (``order`` "balanced") or as given ("fixed").
 
     Returns {impl.name: {"times_us": [max over ranks, per timed iteration], "wrong": int (all ranks,
     timed iterations), "wrong_warmup": int, "inter_bytes_node": [per node, median over iterations],
@@ -349,8 +372,9 @@ def run_interleaved(ctx, impls, iters, warmup, progress=None, label=""):
     n = warmup + iters
     local = {im.name: {"t": [], "wrong": [], "inter": [], "wire": []} for im in impls}
     wire = ctx.wire if (ctx.wire is not None and ctx.topo.local_rank == 0) else None
+    orders = balanced_orders(len(impls)) if order == "balanced" else [list(range(len(impls)))]
     for it in range(n):
-        for im in impls:
+        for im in (impls[i] for i in orders[it % len(orders)]):
             im.prepare(it)
             if im.uses_mw:
                 mw.reset_stats()
@@ -547,7 +571,7 @@ def run_metadata(ctx, args, rate, delay_us, rate_src):
         "ranks_per_node": [len(r) for r in topo.node_ranks],
         "node_emulated": bool(os.environ.get("MULTIWRITE_RANKS_PER_NODE")),
         "vcluster": ctx.vcluster, "transport": ctx.g.transport.name, "rate_bps": rate,
-        "barrier": ctx.barrier_mode,
+        "barrier": ctx.barrier_mode, "order": args.order,
         "path_delay_us": delay_us, "rate_source": rate_src,
         "iters": args.iters, "warmup_iters": args.warmup_iters, "seed": args.seed,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -695,7 +719,7 @@ def header_lines(ctx, what, args, rate, delay_us, extra=""):
     return (f"# multiwrite bench {what}: {ctx.size} ranks on {topo.num_nodes} nodes ({per}, {where}); "
             f"launcher {ctx.launcher}, multiwrite transport {ctx.g.transport.name}\n"
             f"# {link}; median of {args.iters} iterations after {args.warmup_iters} warm-up, "
-            f"time = max over ranks; interleaved A B A B ...; barrier: {ctx.barrier_mode}{extra}\n"
+            f"time = max over ranks; interleaved, order {args.order}; barrier: {ctx.barrier_mode}{extra}\n"
             f"# algbw/busbw in GB/s (1e9 B/s); inter-node B/op = bytes leaving the busiest node per call "
             f"(multiwrite: mw.stats(), baselines: from the data they send); dedup = non-dedup bytes / these "
             f"bytes; vs best base = time / faster of MPI and Gloo")

@@ -547,7 +547,8 @@ def bench(ctx, args, op, tokens=None):
         size = T * row_bytes
         progress(f"T={T} tokens per rank ({format_size(size)}): {len(impls)} implementations x "
                  f"{args.warmup_iters}+{args.iters} iterations", force=True)
-        res = common.run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"T={T}:")
+        res = common.run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"T={T}:",
+                                         order=args.order)
         bound = common.bound_us(wl.dedup_egress, wl.dedup_ingress, rate, delay_us) if N > 1 else None
         extra = {}
         for name, per_node in wl.baseline_bytes[op].items():
