@@ -172,8 +172,32 @@ void py_round_arrive(py::array ctrl, py::handle count_offset, py::handle count, 
     round_count(word(ctrl, count_offset, true), u32_arg(count, "count"), u32_arg(start, "start"), u32_arg(end, "end"));
 }
 
+// Publish the collective a rank enters (see Group.announce): ``announce`` = (announce_offset, seq,
+// signature (<= 7 ints), slot_offset): at announce_offset of ctrl the int64 seq then the signature,
+// written seqlock-style (seq -1 while the signature is written); the signature, zero-padded to 8
+// int64, also into the 64-byte slot at slot_offset.
+void announce(py::array& ctrl, py::handle args) {
+    py::tuple a = py::reinterpret_borrow<py::object>(args).cast<py::tuple>();
+    if (a.size() != 4) value_error("announce must be (announce_offset, seq, signature, slot_offset)");
+    py::sequence signature = a[2].cast<py::sequence>();
+    const size_t k = py::len(signature);
+    if (k > 7) value_error("signature has ", k, " values, at most 7 fit");
+    int64_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t i = 0; i < k; ++i) words[i] = to_i64(signature[i], "signature value");
+    const int64_t s = to_i64(a[1], "seq", 0);
+    uint8_t* ann = byte_span(ctrl, "ctrl", to_u64(a[0], "announce_offset"), 64, true);
+    uint8_t* slot = byte_span(ctrl, "ctrl", to_u64(a[3], "slot_offset"), 64, true);
+    if (reinterpret_cast<uintptr_t>(ann) % 8 != 0) value_error("announce_offset is not 8-byte aligned in memory");
+    int64_t* seq_word = reinterpret_cast<int64_t*>(ann);
+    __atomic_store_n(seq_word, int64_t(-1), __ATOMIC_SEQ_CST);
+    std::memcpy(ann + 8, words, 56);
+    __atomic_store_n(seq_word, s, __ATOMIC_SEQ_CST);
+    std::memcpy(slot, words, 64);
+}
+
 uint32_t py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
-                  py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end) {
+                  py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end,
+                      py::object announce_args) {
     require(src, "src", DT::U8, -1);
     const uint64_t n = nbytes(src);
     uint8_t* dst = byte_span(staging, "staging", to_u64(dst_offset, "dst_offset"), n, true);
@@ -181,6 +205,7 @@ uint32_t py_round_put(py::array ctrl, py::array staging, py::array src, py::hand
     uint32_t* counter = word(ctrl, count_offset, true);
     const int64_t wake_at = to_i64(own_wake_value, "own_wake_value", -1, 0xFFFFFFFFll);
     const uint32_t s = u32_arg(start, "start"), e = u32_arg(end, "end");
+    if (!announce_args.is_none()) announce(ctrl, announce_args);
     std::memcpy(dst, cdata<uint8_t>(src), n);
     // The own chunk is counted on its word first: a rank waiting for the node's own chunks
     // (round_wait_first) is woken by the one that completes them, the others sleep on.
@@ -224,23 +249,6 @@ int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target,
     return kRoundDone;
 }
 
-void py_round_announce(py::array ctrl, py::handle announce_offset, py::handle seq, py::sequence signature,
-                       py::handle slot_offset) {
-    const size_t k = py::len(signature);
-    if (k > 7) value_error("signature has ", k, " values, at most 7 fit");
-    int64_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (size_t i = 0; i < k; ++i) words[i] = to_i64(signature[i], "signature value");
-    const int64_t s = to_i64(seq, "seq", 0);
-    uint8_t* ann = byte_span(ctrl, "ctrl", to_u64(announce_offset, "announce_offset"), 64, true);
-    uint8_t* slot = byte_span(ctrl, "ctrl", to_u64(slot_offset, "slot_offset"), 64, true);
-    if (reinterpret_cast<uintptr_t>(ann) % 8 != 0) value_error("announce_offset is not 8-byte aligned in memory");
-    // Written like a seqlock (see Group.announce): seq invalid, the signature, then the seq.
-    int64_t* seq_word = reinterpret_cast<int64_t*>(ann);
-    __atomic_store_n(seq_word, int64_t(-1), __ATOMIC_SEQ_CST);
-    std::memcpy(ann + 8, words, 56);
-    __atomic_store_n(seq_word, s, __ATOMIC_SEQ_CST);
-    std::memcpy(slot, words, 64);
-}
 
 void py_copy_bytes(py::array dst, py::array src, py::handle dst_offset) {
     require(dst, "dst", DT::U8, -1, true);
@@ -294,9 +302,14 @@ its waiters only if this addition completes the round, i.e. moves the counter (r
 ``start``, mod 2**32) from below ``end - start`` to at least it.)");
     m.def("round_put", &py_round_put, py::arg("ctrl"), py::arg("staging"), py::arg("src"), py::arg("dst_offset"),
           py::arg("own_offset"), py::arg("own_wake_value"), py::arg("count_offset"), py::arg("start"), py::arg("end"),
-          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end) -> int
+          py::arg("announce") = py::none(),
+          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end,
+          announce=None) -> int
 
-A rank's own chunk of a round: staging[dst_offset : dst_offset + src.nbytes] = src (uint8,
+A rank's own chunk of a round. First, with ``announce`` = (announce_offset, seq, signature,
+slot_offset), publish the call: at announce_offset of ``ctrl`` the int64 ``seq`` (>= 0) then the
+signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature is
+written), and the signature (zero-padded to 8 int64) into the 64-byte slot at slot_offset. Then staging[dst_offset : dst_offset + src.nbytes] = src (uint8,
 bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
 when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).
 Returns the own-chunk word's new value (so the rank that completes the node's chunks knows it).)");
@@ -312,13 +325,6 @@ the round: returns 1 if it did not in time, 2 if the u32 at ``error_offset`` equ
 relay recorded a failure), 3 if the first ``signature_bytes`` of the ``local_size`` 64-byte
 signature slots from ``signature_offset`` differ, else copies out[:] = staging[:out.nbytes] (both
 uint8; out writeable) when ``out`` is given and returns 0.)");
-    m.def("round_announce", &py_round_announce, py::arg("ctrl"), py::arg("announce_offset"), py::arg("seq"),
-          py::arg("signature"), py::arg("slot_offset"),
-          R"(round_announce(ctrl, announce_offset, seq, signature, slot_offset) -> None
-
-Publish the collective a rank enters: at ``announce_offset`` of ``ctrl`` the int64 ``seq`` (>= 0)
-then the signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature
-is written); and the signature (zero-padded to 8 int64) into the 64-byte slot at ``slot_offset``.)");
     m.def("futex_wake", &py_futex_wake, py::arg("buf"), py::arg("offset"),
           R"(futex_wake(buf, offset) -> int
 

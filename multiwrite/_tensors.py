@@ -51,22 +51,33 @@ def input_bytes(x) -> np.ndarray:
 
 
 class OutputBytes:
-    """Writable byte view of an output; for a non-contiguous tensor, a staging copy written back by
-    ``commit()``."""
+    """Writable byte view of an output (``.bytes``, uint8 [nbytes]); for a non-contiguous tensor, a
+    staging copy written back by ``commit()``. The view of a tensor is made on first use of
+    ``.bytes``: a collective can take its part in the exchange first (making it costs a rank tens
+    of microseconds when its caches are cold, and the other ranks wait for that part)."""
 
     def __init__(self, out):
         self.out = out
         self._stage = None
+        self._bytes = None
         if is_tensor(out):
             if not out.is_cpu:
                 raise TypeError(f"multiwrite works on CPU tensors; got a tensor on {out.device}")
-            if not out.is_contiguous():
-                self._stage = torch.empty(out.shape, dtype=out.dtype)
-            self.bytes = _byte_view(out if self._stage is None else self._stage)
+            self.nbytes = out.nbytes
         else:
             if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
                 raise TypeError("output must be a torch tensor or a writable C-contiguous numpy array")
-            self.bytes = out.reshape(-1).view(np.uint8)
+            self._bytes = out.reshape(-1).view(np.uint8)
+            self.nbytes = self._bytes.nbytes
+
+    @property
+    def bytes(self):
+        if self._bytes is None:
+            out = self.out
+            if not out.is_contiguous():
+                self._stage = torch.empty(out.shape, dtype=out.dtype)
+            self._bytes = _byte_view(out if self._stage is None else self._stage)
+        return self._bytes
 
     def commit(self):
         if self._stage is not None:

@@ -49,12 +49,13 @@ def all_gather(out, x, *, group=None, mode=None):
                          f"({g.size}) x {_tensors.numel(x)} = {g.size * _tensors.numel(x)}")
     src = _tensors.input_bytes(x)
     dst = _tensors.OutputBytes(out)
-    all_gather_bytes(g, dst.bytes, src, mode=mode, dtype=dtype)
+    all_gather_bytes(g, dst, src, mode=mode, dtype=dtype)
     return dst.commit()
 
 
 def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
-    """Byte-level AllGather: ``out`` (uint8 [P*c]) receives every rank's ``src`` (uint8 [c])."""
+    """Byte-level AllGather: ``out`` (uint8 [P*c], or a _tensors.OutputBytes: its byte view is then
+    made once this rank's chunk is on its way) receives every rank's ``src`` (uint8 [c])."""
     topo = g.topo
     P, c, r = g.size, src.nbytes, g.rank
     if out.nbytes != P * c:
@@ -67,6 +68,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     if not unicast and small_path(P, c):
         return _all_gather_small(g, out, src, seq, tag, window_id, what)
     if TRACE is not None: TRACE.append(("enter", _pc()))
+    out = _bytes_of(out)
     staging_bytes = (topo.local_size if unicast else P) * c
     need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), _LARGE), need_bytes=staging_bytes,
                                   seq=seq)
@@ -145,6 +147,11 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     return out
 
 
+def _bytes_of(out):
+    """The uint8 array behind ``out`` (an array, or a _tensors.OutputBytes)."""
+    return out.bytes if isinstance(out, _tensors.OutputBytes) else out
+
+
 def small_path(world_size, c):
     """True when an all_gather of ``c`` bytes per rank takes the barrier-free small path."""
     return 0 < c <= SMALL_MAX_BYTES and world_size * c <= ROUND_STAGING_BYTES
@@ -173,10 +180,8 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     """
     plan = _SmallPlan.get(g, src.nbytes)
     if TRACE is not None: TRACE.append(("enter", _pc()))
-    staging, rnd = g.round_begin(seq, (OP, seq, plan.c, window_id, 0, _SMALL), arrivals=g.size,
-                                 wait_first=plan.aggregated)
-    completed = g.round_put(rnd, staging, src, plan.offset, wake_first=not plan.any_sender)
-    if TRACE is not None: TRACE.append(("put", _pc()))
+    staging, rnd, completed = g.round_enter(seq, (OP, seq, plan.c, window_id, 0, _SMALL), g.size, src, plan.offset,
+                                            wait_first=plan.aggregated, wake_first=not plan.any_sender)
     if TRACE is not None: TRACE.append(("put", _pc()))
     if plan.intra:
         g.stats.add_intra(plan.c)
@@ -187,6 +192,7 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
         sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, g.round_mismatch(rnd, what))
         if not plan.leads:
             g.round_wake_first(rnd)
+    out = _bytes_of(out)
     error = None
     if plan.leads:
         error, landed = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)

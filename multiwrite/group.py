@@ -24,7 +24,7 @@ _EPOCH_OFF = 256            # u32 per local rank: barriers it has entered (to na
 _SIG_OFF = 512              # two banks (by barrier parity) of one 64-byte signature slot per local rank
 _SIG_WORDS = 8
 _MAX_LOCAL = _core.MAX_LOCAL_RANKS
-# Barrier-free node rounds (see Group.round_begin), two banks by round parity:
+# Barrier-free node rounds (see Group.round_enter), two banks by round parity:
 _ROUND_OFF = _SIG_OFF + 2 * 64 * _MAX_LOCAL
 _ROUND_COUNT = _ROUND_OFF            # u32 per parity (own cache line): chunks landed, monotonic
 _ROUND_ERR = _ROUND_OFF + 128        # u32 per parity: number of the round that failed
@@ -45,7 +45,7 @@ _MIN_BUFFER = 1 << 20
 
 
 class RoundHandle(NamedTuple):
-    """One barrier-free round (Group.round_begin): staging bank ``parity``, round ``number``, the
+    """One barrier-free round (Group.round_enter): staging bank ``parity``, round ``number``, the
     (seq, signature) this rank announced, the round counter's value before (``start``) and after
     (``end``) the round, whether a rank waits for the node's own chunks, and the own-chunk counter's
     value before the round. Counter values are mod 2**32 like the shared words."""
@@ -300,26 +300,35 @@ class Group:
     # local rank's own chunk of n+1, written after that rank had finished reading round n. The local
     # ranks' own chunks are also counted on a word of their own, which only round_wait_first sleeps on:
     # ranks waiting for the whole round are not woken when the node's own chunks are complete.
-    def round_begin(self, seq, signature, arrivals, wait_first=False):
-        """Enter the next round. ``signature``: up to 7 ints all local ranks must agree on;
-        ``arrivals``: how many chunks land on this node in the round (the same on every local rank);
-        ``wait_first``: a rank will call round_wait_first for the node's own chunks (the own-chunk
-        arrival that completes them then wakes it).
-        Returns (staging uint8 [ROUND_STAGING_BYTES], a RoundHandle)."""
+    def round_enter(self, seq, signature, arrivals, src, offset, wait_first=False, wake_first=True):
+        """Enter the next round with my own chunk ``src`` (uint8), written at ``offset`` of the round's
+        staging bank. ``signature``: up to 7 ints all local ranks must agree on; ``arrivals``: how many
+        chunks land on this node in the round (the same on every local rank); ``wait_first``: a rank
+        will call round_wait_first for the node's own chunks. The announcement, the copy and the
+        counts are one C++ call (_core.round_put): on a host with more ranks than cores, each rank's
+        work before its chunk is in is time the whole node waits for.
+        Returns (staging uint8 [ROUND_STAGING_BYTES], a RoundHandle, whether my chunk completed the
+        node's own chunks). Then a round_wait_first waiter is woken here with ``wake_first``;
+        without, the caller wakes it with round_wake_first (after work that should not wait for the
+        CPU the woken rank takes)."""
         self._rounds += 1
         parity = self._rounds & 1
         start = self._round_target[parity]       # counter value once every earlier round is complete
         self._round_target[parity] += arrivals
         end = self._round_target[parity]
-        me = self._local_rank
-        _core.round_announce(self.ctrl, _ANNOUNCE + 64 * me, seq, signature, _ROUND_SIG + 64 * (_MAX_LOCAL * parity + me))
         # every earlier round of this parity added one own chunk per local rank
         own_start = ((self._rounds - 1) // 2 * self._local_size) & 0xFFFFFFFF
-        return self._round_banks[parity], RoundHandle(parity, self._rounds, (seq, signature), start, end, wait_first,
-                                                      own_start)
+        target = (own_start + self._local_size) & 0xFFFFFFFF
+        me, staging = self._local_rank, self._round_banks[parity]
+        own = _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity,
+                              target if wait_first and wake_first else -1, _ROUND_COUNT + 64 * parity,
+                              start & 0xFFFFFFFF, end & 0xFFFFFFFF,
+                              (_ANNOUNCE + 64 * me, seq, signature, _ROUND_SIG + 64 * (_MAX_LOCAL * parity + me)))
+        handle = RoundHandle(parity, self._rounds, (seq, signature), start, end, wait_first, own_start)
+        return staging, handle, own == target
 
     def round_wait_first(self, handle, what):
-        """Wait until the node's own chunks (one per local rank) have landed (round_put)."""
+        """Wait until the node's own chunks (one per local rank) have landed (round_enter)."""
         target = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF
         if not self._wait_word(_ROUND_OWN + 64 * handle.parity, target, what, handle.announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
@@ -335,20 +344,8 @@ class Group:
         return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
                 "different operation")
 
-    def round_put(self, handle, staging, src, offset, wake_first=True):
-        """My own chunk: staging[offset : offset + src.nbytes] = src, counted as arrived (one C++ call:
-        the copy, the own-chunk count, and the round count). Returns True when this chunk completed
-        the node's own chunks. Then, if the round has a round_wait_first waiter, it is woken here
-        with ``wake_first``; without, the caller wakes it with round_wake_first (after work that
-        should not wait for the CPU the woken rank takes)."""
-        parity, target = handle.parity, (handle.own_start + self._local_size) & 0xFFFFFFFF
-        wake = target if handle.wait_first and wake_first else -1
-        own = _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity, wake,
-                              _ROUND_COUNT + 64 * parity, handle.start & 0xFFFFFFFF, handle.end & 0xFFFFFFFF)
-        return own == target
-
     def round_wake_first(self, handle):
-        """Wake the round_wait_first waiter (see round_put)."""
+        """Wake the round_wait_first waiter (see round_enter)."""
         _core.futex_wake(self.ctrl, _ROUND_OWN + 64 * handle.parity)
 
     def round_arrived(self, handle, count=1):

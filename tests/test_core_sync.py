@@ -249,3 +249,44 @@ def test_sweep_stale_removes_only_old_segments_of_dead_creators():
     finally:
         for name in names.values():
             shm.Segment.unlink(name)
+
+
+def test_round_put_announces_copies_and_counts():
+    """round_put: the announcement (seq then a zero-padded signature, and the signature slot), the copy
+    into the staging area, the own-chunk count (returned) and the round count; bounds are checked
+    before anything is written."""
+    ctrl, staging = np.zeros(1024, np.uint8), np.zeros(64, np.uint8)
+    src = np.arange(8, dtype=np.uint8) + 1
+    own = c.round_put(ctrl, staging, src, 16, 0, -1, 64, 0, 3, (128, 7, (1, 2, 3), 256))
+    assert own == 1 and c.atomic_load_u32(ctrl, 64) == 1
+    assert staging[16:24].tolist() == src.tolist() and staging[:16].sum() == 0 and staging[24:].sum() == 0
+    assert ctrl[128:192].view(np.int64).tolist() == [7, 1, 2, 3, 0, 0, 0, 0]
+    assert ctrl[256:320].view(np.int64).tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
+    assert c.round_put(ctrl, staging, src, 0, 0, -1, 64, 0, 3) == 2          # no announcement
+    before = ctrl.copy(), staging.copy()
+    for args, text in [((staging, src, 60, 0, -1, 64, 0, 3), "exceed"),         # chunk past the staging area
+                       ((staging, src, 0, 1022, -1, 64, 0, 3), "offset"),        # own word outside ctrl
+                       ((staging, src, 0, 0, -1, 64, 0, 3, (128, 7, tuple(range(8)), 256)), "at most 7"),
+                       ((staging, src, 0, 0, -1, 64, 0, 3, (1020, 7, (1,), 256)), "exceed")]:
+        with pytest.raises(ValueError, match=text):
+            c.round_put(ctrl, *args)
+        assert (ctrl == before[0]).all() and (staging == before[1]).all()
+
+
+def test_round_collect_statuses():
+    """round_collect: 1 while the count is short (after timeout_s), 2 for a recorded failure of this
+    round, 3 when the local ranks' signatures differ, else 0 with out = staging[:out.nbytes]."""
+    ctrl, staging = np.zeros(1024, np.uint8), np.arange(32, dtype=np.uint8)
+    out = np.zeros(16, np.uint8)
+    sig = dict(error_offset=4, number=5, signature_offset=512, signature_bytes=16, local_size=2)
+    assert c.round_collect(ctrl, 0, 2, 0.05, staging=staging, out=out, **sig) == 1 and out.sum() == 0
+    c.round_arrive(ctrl, 0, 2, 0, 2)
+    assert c.round_collect(ctrl, 0, 2, 0.0, staging=staging, out=out, **sig) == 0
+    assert out.tolist() == list(range(16))
+    ctrl[512 + 64 + 8] = 1                          # local rank 1's signature differs in word 1
+    assert c.round_collect(ctrl, 0, 2, 0.0, **sig) == 3
+    ctrl[512 + 64 + 8] = 0
+    c.atomic_store_u32(ctrl, 4, 5)                  # round 5 failed on this node
+    assert c.round_collect(ctrl, 0, 2, 0.0, **sig) == 2
+    with pytest.raises(ValueError, match="exceed"):  # out larger than the staging area
+        c.round_collect(ctrl, 0, 2, 0.0, staging=staging, out=np.zeros(64, np.uint8), **sig)
