@@ -169,5 +169,6 @@ void register_plan(py::module_& m);
 void register_pack(py::module_& m);
 void register_reduce(py::module_& m);
 void register_sync(py::module_& m);
+void register_views(py::module_& m);
 
 }  // namespace mw

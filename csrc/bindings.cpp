@@ -29,4 +29,5 @@ with a precise message, and releases the GIL while touching bulk data.)";
     mw::register_pack(m);
     mw::register_reduce(m);
     mw::register_sync(m);
+    mw::register_views(m);
 }
