@@ -330,7 +330,7 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
     if sends is None and not plan.any_sender:
         sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
 
-    error, landed, pending = local_error, 0, {m: (leader, size) for m, leader, size in plan.others}
+    error, pending = local_error, {m: (leader, size) for m, leader, size in plan.others}
     for i, (m, leader, size) in enumerate(plan.others):
         box = inboxes[i]
         try:

@@ -42,28 +42,23 @@ def seconds(t):
     return f"{t:g}" if t < 0.1 else f"{t:.1f}".rstrip("0").rstrip(".")
 
 
-def wait_polling(req, timeout_s, what="", every=None):
+def wait_polling(req, timeout_s, what=""):
     """Poll ``req.test()`` until done: a short busy spin (low latency when the peer is running), then
     short sleeps. Sleeping rather than yielding matters when ranks outnumber cores: a rank that only
     yields keeps competing for the CPU its peers need to make progress. The sleeps grow to at most
     MULTIWRITE_SLEEP_MAX_US (50 us, like MPI's own idle yield): each poll interval adds to the time an
     arrival waits to be noticed, which is what small operations are made of (200 us doubled the time
-    of a 1 KiB all_gather on the 8-rank virtual cluster). ``every``: (seconds, callback), the callback
-    called that often while waiting (e.g. to check the state of node peers)."""
+    of a 1 KiB all_gather on the 8-rank virtual cluster)."""
     if _test(req, what):
         return
     start = time.monotonic()
     deadline = start + timeout_s
     sleep = 0.0
-    tick = start + every[0] if every is not None else float("inf")
     while True:
         before = time.monotonic()
         if _test(req, what):
             return
         now = time.monotonic()
-        if now >= tick:
-            every[1]()
-            tick = now + every[0]
         if now > deadline:
             raise MultiwriteTimeout(
                 f"{what or 'operation'}: timed out after {seconds(timeout_s)}s waiting for {req.description} "
