@@ -95,9 +95,9 @@ def add_common_arguments(parser, *, sizes_help):
                    help="order of the implementations within an iteration: balanced = the rows of a Williams "
                         "square, one per iteration (every implementation comes first equally often and "
                         "follows every other equally often), fixed = always the --impls order. Default "
-                        "%(default)s: what ran just before changes a small call's time (after Gloo's 14 ms "
-                        "call, spent waiting, a 1 KiB MultiWrite all_gather measured 1.4-1.7 ms instead of "
-                        "0.9-1.1, MPI's 1.03 instead of 0.86), so a fixed order biases the table")
+                        "%(default)s: what ran just before changes a call's time (after Gloo's 14 ms call, "
+                        "spent waiting, a 1 KiB MultiWrite all_gather measured 1.4-1.7 ms instead of 0.9-1.1; "
+                        "after 15 ms idle, MPI's took 1.03 ms instead of 0.86), so a fixed order biases the table")
     g.add_argument("--seed", type=int, default=1, help="seed of the data and routing (default %(default)s)")
     g = parser.add_argument_group("physical bound (default: MULTIWRITE_VCLUSTER_RATE / _PATH_DELAY_US from launch/vcluster)")
     g.add_argument("--rate", default=None, metavar="RATE",
