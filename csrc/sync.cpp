@@ -196,7 +196,7 @@ void announce(py::array& ctrl, py::handle args) {
 }
 
 uint32_t py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
-                  py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end,
+                      py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end,
                       py::object announce_args) {
     require(src, "src", DT::U8, -1);
     const uint64_t n = nbytes(src);

@@ -54,11 +54,18 @@ def check(header, *, what, window_id, seq, src_rank, window_size, num_local_rank
             f"{what}: rank {src_rank} sent a packet of {describe(info['window_id'])} call #{info['seq']} "
             f"while this rank runs {describe(window_id)} call #{seq} (ranks called different operations "
             f"or dtypes)")
-    if payload_len is not None and info["payload_len"] != payload_len:
-        raise MismatchError(
-            f"{what}: rank {src_rank} sent {info['payload_len']} bytes, this rank expects {payload_len} "
-            f"(sizes differ across ranks)")
+    if payload_len is not None:
+        check_payload_len(info, payload_len, what)
     return info
+
+
+def check_payload_len(info, payload_len, what):
+    """MismatchError unless the parsed header ``info`` announces ``payload_len`` bytes (a size
+    mismatch between ranks)."""
+    if info["payload_len"] != payload_len:
+        raise MismatchError(
+            f"{what}: rank {info['src_rank']} sent {info['payload_len']} bytes, this rank expects {payload_len} "
+            f"(sizes differ across ranks)")
 
 
 def check_piece(header, *, offset, **expected):

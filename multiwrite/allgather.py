@@ -195,11 +195,12 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     out = _bytes_of(out)
     error = None
     if plan.leads:
-        error, landed = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)
+        error = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)
         # My own copy first: the arrival below wakes the node's ranks, which then take the CPU
-        # (ranks outnumber cores on small hosts) while this rank would still have work.
+        # (ranks outnumber cores on small hosts) while this rank would still have work. Every other
+        # node's chunks count as arrived, landed or failed, so no peer waits for them.
         out[:] = staging[:plan.gathered]
-        g.round_arrived(rnd, landed)
+        g.round_arrived(rnd, g.size - g.topo.local_size)
         g.round_wait(rnd, what, error)      # complete now: only checks for errors
         if TRACE is not None: TRACE.append(("all_in", _pc()))
         return out
@@ -308,8 +309,8 @@ def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error):
 def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
     """The leader's part of the small path: land the other nodes' packets; with a transport that
     cannot receive from any source, also send my node's (``sends``: the requests of my node's packet
-    if I sent it already, else None). Returns (the first error, how many chunks landed): the caller
-    counts them as arrived, failed or not, so no peer waits for them."""
+    if I sent it already, else None). Returns the first error (a failed packet is recorded with
+    round_failed)."""
     H, fused, topo = _packets.HEADER, plan.fused, g.topo
     inboxes = plan.inboxes[rnd.parity]
     if plan.any_sender:
@@ -359,10 +360,10 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
                                         f"but this rank expects one from each other node, once")
                 leader, size = pending[m]
             pending.pop(m, None)
-            if info["payload_len"] != size * plan.c:
-                raise _node_disagreement(box, what, m, info["src_rank"]) or MismatchError(
-                    f"{what}: rank {info['src_rank']} sent {info['payload_len']} bytes, this rank expects "
-                    f"{size * plan.c} (sizes differ across ranks)")
+            disagreed = _node_disagreement(box, what, m, info["src_rank"])
+            if disagreed is not None:
+                raise disagreed
+            _packets.check_payload_len(info, size * plan.c, what)
             for at, pos, n in plan.landing[m]:
                 staging[at:at + n] = box[pos:pos + n]
         except MultiwriteTimeout:
@@ -370,10 +371,9 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
         except Exception as exc:
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
-    landed = g.size - topo.local_size     # every other node's chunks, landed or failed
     if sends is not None:
         error = _packets.finish_sends(g, what, sends, error)
-    return error, landed
+    return error
 
 
 def _node_disagreement(box, what, node, sender):

@@ -142,15 +142,20 @@ class Group:
     def _wait_word(self, offset, target, what, announced):
         """wait_u32_ge on a control word; with ``announced``, checks the peers' announcements between
         short slices (a peer stuck in a different kind of wait would otherwise cost a full timeout)."""
+        return self._wait_sliced(lambda t: _core.wait_u32_ge(self.ctrl, offset, target, t), what, announced, False)
+
+    def _wait_sliced(self, wait, what, announced, waiting):
+        """Call ``wait(timeout_s)`` until it returns something other than ``waiting`` or the group's
+        timeout passes; returns its last result. With ``announced``, in slices of _WAIT_SLICE_S with
+        check_announcements between them; without, one call."""
         if announced is None:
-            return _core.wait_u32_ge(self.ctrl, offset, target, self.timeout_s)
+            return wait(self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
         while True:
             left = deadline - time.monotonic()
-            if _core.wait_u32_ge(self.ctrl, offset, target, max(0.0, min(_WAIT_SLICE_S, left))):
-                return True
-            if left <= _WAIT_SLICE_S:
-                return False
+            result = wait(max(0.0, min(_WAIT_SLICE_S, left)))
+            if result != waiting or left <= _WAIT_SLICE_S:
+                return result
             self.check_announcements(what, *announced)
 
     def announce(self, seq, signature):
@@ -375,21 +380,12 @@ class Group:
         args = (self.ctrl, _ROUND_COUNT + 64 * parity, handle.end & 0xFFFFFFFF)
         checks = (_ROUND_ERR + 64 * parity, number & 0xFFFFFFFF, _ROUND_SIG + 64 * _MAX_LOCAL * parity,
                   8 * len(announced[1]), self._local_size, staging, out)
-        # Slices: between them, a peer stuck in a different kind of wait is found (check_announcements)
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            status = _core.round_collect(*args, max(0.0, min(_WAIT_SLICE_S, left)), *checks)
-            if status == _ROUND_DONE:
-                if error is not None:
-                    raise error
-                return
-            if status != _ROUND_WAITING:
-                break
-            if left <= _WAIT_SLICE_S:
-                raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
-                                        f"chunks; {self._not_entered(announced[0])}")
-            self.check_announcements(what, *announced)
+        status = self._wait_sliced(lambda t: _core.round_collect(*args, t, *checks), what, announced, _ROUND_WAITING)
+        if status == _ROUND_WAITING:
+            raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
+                                    f"chunks; {self._not_entered(announced[0])}")
+        if status == _ROUND_DONE and error is None:
+            return
         if error is not None:
             raise error
         if status == _ROUND_FAILED:
