@@ -3,6 +3,7 @@
 
 #include "arrays.hpp"
 #include "crc32c.hpp"
+#include "sync.hpp"
 
 namespace mw {
 namespace {
@@ -315,6 +316,85 @@ uint32_t py_crc32c(py::array data, uint32_t prev) {
     return checksum(p, nbytes(data), prev);
 }
 
+// ---- node packets of the small AllGather (multiwrite/allgather.py, _all_gather_small) ----------
+// The sending rank and the receiving leader are on the operation's critical path; on a host with
+// more ranks than cores each Python step of theirs costs tens of microseconds when caches are cold,
+// so each side is one call.
+
+int64_t py_pack_node_packets(py::array outbox, py::array staging, py::handle staging_offset, py::handle payload_len,
+                             py::handle window_id, py::handle seq, py::handle src_rank, py::handle offset,
+                             py::sequence dests, py::object signatures) {
+    require(outbox, "outbox", DT::U8, 2, true);
+    const uint64_t len = to_u64(payload_len, "payload_len");
+    const size_t k = py::len(dests);
+    if (static_cast<size_t>(outbox.shape(0)) < k)
+        value_error("outbox has ", outbox.shape(0), " rows for ", k, " destinations");
+    if (static_cast<uint64_t>(outbox.shape(1)) < HEADER_SIZE + len)
+        value_error("outbox rows of ", outbox.shape(1), " bytes cannot hold a packet of ", HEADER_SIZE + len);
+    const uint8_t* payload = byte_span(staging, "staging", to_u64(staging_offset, "staging_offset"), len, false);
+    Header h;
+    h.window_id = static_cast<uint32_t>(to_u64(window_id, "window_id", 0xFFFFFFFFu));
+    h.seq = to_u64(seq, "seq");
+    h.src_rank = static_cast<uint32_t>(to_u64(src_rank, "src_rank", 0xFFFFFFFFu));
+    h.offset = to_u64(offset, "offset");
+    h.payload_len = len;
+    uint64_t end;
+    if (!add_ok(h.offset, len, &end)) value_error("offset ", h.offset, " + payload_len ", len, " overflows 64 bits");
+    std::vector<std::pair<uint32_t, uint64_t>> to(k);
+    for (size_t i = 0; i < k; ++i) {
+        py::sequence d = dests[i].cast<py::sequence>();
+        if (py::len(d) != 2) value_error("dests[", i, "] must be (dest_node, dest_bitmap)");
+        to[i] = {static_cast<uint32_t>(to_u64(d[0], "dest_node", 0xFFFFFFFFu)), to_u64(d[1], "dest_bitmap")};
+        if (to[i].second == 0) value_error("dests[", i, "]: dest_bitmap must name at least one local rank, got 0");
+    }
+    if (!signatures.is_none()) {
+        py::tuple a = signatures.cast<py::tuple>();
+        if (a.size() != 4) value_error("signatures must be (ctrl, offset, signature_bytes, local_size)");
+        py::array ctrl = py::array::ensure(a[0]);
+        if (!ctrl) value_error("signatures: ctrl must be a NumPy array");
+        const uint64_t sig_bytes = to_u64(a[2], "signature_bytes", 64), L = to_u64(a[3], "local_size", 64);
+        const uint8_t* sigs = byte_span(ctrl, "ctrl", to_u64(a[1], "signature offset"), L ? 64 * (L - 1) + sig_bytes : 0,
+                                        false);
+        if (!signatures_agree(sigs, sig_bytes, L)) h.payload_len = h.offset = 0;   // a payload-less packet
+    }
+    const uint64_t row = static_cast<uint64_t>(outbox.strides(0));
+    uint8_t* p = mdata<uint8_t>(outbox);
+    for (size_t i = 0; i < k; ++i, p += row) {
+        h.dest_node = to[i].first;
+        h.dest_bitmap = to[i].second;
+        encode(h, p);
+        if (h.payload_len) std::memcpy(p + HEADER_SIZE, payload, h.payload_len);
+    }
+    return static_cast<int64_t>(HEADER_SIZE + h.payload_len);
+}
+
+int64_t py_land_node_packet(py::array packet, py::array staging, py::handle window_id, py::handle seq,
+                            py::handle num_local_ranks, py::array spans) {
+    const uint8_t* p = byte_input(packet, "packet");
+    const uint64_t n = nbytes(packet);
+    require(spans, "spans", DT::I64, 2);
+    if (spans.shape(1) != 2) value_error("spans must have shape (world_size, 2), got ", shape_str(spans));
+    Limits lim;
+    lim.num_local_ranks = local_ranks_arg(to_i64(num_local_ranks, "num_local_ranks"));
+    const uint32_t wid = static_cast<uint32_t>(to_u64(window_id, "window_id", 0xFFFFFFFFu));
+    const uint64_t s = to_u64(seq, "seq");
+    Header h;
+    try {
+        h = check_header(p, n, lim);
+    } catch (const PacketError&) {
+        return -1;
+    }
+    if (h.window_id != wid || h.seq != s || (h.flags & (FLAG_PER_DEST_OFFSETS | FLAG_CHECKSUM)) ||
+        h.src_rank >= static_cast<uint64_t>(spans.shape(0)))
+        return -1;
+    const int64_t* span = cdata<int64_t>(spans) + 2 * h.src_rank;
+    if (span[1] <= 0 || h.payload_len != static_cast<uint64_t>(span[1]) || h.offset != static_cast<uint64_t>(span[0]) ||
+        h.payload_len > n - HEADER_SIZE)
+        return -1;
+    std::memcpy(byte_span(staging, "staging", h.offset, h.payload_len, true), p + HEADER_SIZE, h.payload_len);
+    return h.src_rank;
+}
+
 }  // namespace
 
 void register_packet(py::module_& m) {
@@ -378,6 +458,31 @@ number of offset bytes that follow the header (8 * popcount with FLAG_PER_DEST_O
 (the offsets are not in the header; window_size is then not checked) or the common offset
 repeated per destination.)");
 
+    m.def("pack_node_packets", &py_pack_node_packets, py::arg("outbox"), py::arg("staging"),
+          py::arg("staging_offset"), py::arg("payload_len"), py::arg("window_id"), py::arg("seq"), py::arg("src_rank"),
+          py::arg("offset"), py::arg("dests"), py::arg("signatures") = py::none(),
+          R"(pack_node_packets(outbox, staging, staging_offset, payload_len, window_id, seq, src_rank, offset,
+                  dests, signatures=None) -> int
+
+The small AllGather's node packets, one per other node: row i of ``outbox`` (uint8 [>= k, >= 64 +
+payload_len], writeable) gets a header (window_id, seq, src_rank, dest_node and dest_bitmap from
+``dests[i]`` = (dest_node, dest_bitmap), offset, payload_len) followed by
+staging[staging_offset : staging_offset + payload_len] (bounds-checked). With ``signatures`` =
+(ctrl, signature_offset, signature_bytes, local_size), the local ranks' signature slots are
+compared first (as round_collect does): if they differ, every packet is payload-less (payload_len 0,
+offset 0), which tells the receivers the node's ranks disagreed. Returns the bytes of each packet:
+64 + payload_len, or 64 for payload-less ones.)");
+    m.def("land_node_packet", &py_land_node_packet, py::arg("packet"), py::arg("staging"), py::arg("window_id"),
+          py::arg("seq"), py::arg("num_local_ranks"), py::arg("spans"),
+          R"(land_node_packet(packet, staging, window_id, seq, num_local_ranks, spans) -> int
+
+Land a node packet (pack_node_packets) received into ``packet`` (uint8, header + payload, possibly
+longer): if its header is valid (as parse_header checks it, with num_local_ranks), has this
+``window_id`` and ``seq``, no flags, and its sender s has spans[s] = (offset, payload_len) with
+payload_len > 0 equal to the header's offset and payload_len, copies the payload to
+staging[offset : offset + payload_len] (bounds-checked) and returns s. Otherwise copies nothing and
+returns -1: the caller's full check then says what is wrong. spans: int64 [world_size, 2], rows
+with payload_len <= 0 for ranks that send no such packet.)");
     m.def("crc32c", &py_crc32c, py::arg("data"), py::arg("prev") = 0,
           R"(crc32c(data, prev=0) -> int
 

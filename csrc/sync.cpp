@@ -9,42 +9,17 @@
 #include <cmath>
 #include <thread>
 
-#include "arrays.hpp"
+#include "sync.hpp"
+#include "views.hpp"
 
 #if defined(__linux__)
-#include <linux/futex.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 #endif
 
 namespace mw {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// The u32 word at byte offset ``off`` of ``buf``, every check done first.
-uint32_t* word(py::array& buf, py::handle off, bool writeable) {
-    require(buf, "buf", DT::U8, -1, writeable);
-    const uint64_t o = to_u64(off, "offset");
-    const uint64_t n = nbytes(buf);
-    if (o % 4 != 0) value_error("offset ", o, " is not a multiple of 4");
-    if (n < 4 || o > n - 4) value_error("offset ", o, " + 4 exceeds the buffer of ", n, " bytes");
-    uint8_t* p = static_cast<uint8_t*>(const_cast<void*>(buf.data())) + o;
-    if (reinterpret_cast<uintptr_t>(p) % 4 != 0)
-        value_error("word at offset ", o, " is not 4-byte aligned in memory (the array starts at a misaligned address)");
-    return reinterpret_cast<uint32_t*>(p);
-}
-
-int futex_wake_all(uint32_t* addr) {
-#if defined(__linux__)
-    long r = syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-    return r < 0 ? 0 : static_cast<int>(r);
-#else
-    (void)addr;
-    return 0;
-#endif
-}
 
 // Sleep until *addr != expected, a wake, or ``ns`` nanoseconds (spurious wakeups allowed).
 void futex_wait(uint32_t* addr, uint32_t expected, int64_t ns) {
@@ -152,22 +127,6 @@ bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object tim
 
 uint32_t u32_arg(py::handle h, const char* name) { return static_cast<uint32_t>(to_u64(h, name, 0xFFFFFFFFu)); }
 
-// Bytes [off, off + len) of ``buf`` (uint8, C-contiguous), bounds-checked.
-uint8_t* byte_span(py::array& buf, const char* name, uint64_t off, uint64_t len, bool writeable) {
-    require(buf, name, DT::U8, -1, writeable);
-    const uint64_t n = nbytes(buf);
-    if (off > n || len > n - off) value_error(name, ": bytes [", off, ", ", off + len, ") exceed its ", n, " bytes");
-    return static_cast<uint8_t*>(const_cast<void*>(buf.data())) + off;
-}
-
-// Count ``count`` chunks on the round counter ``w`` (value ``start`` before the round, ``end`` once it
-// is complete, mod 2**32); wake the waiters only with the arrival that completes the round.
-void round_count(uint32_t* w, uint32_t count, uint32_t start, uint32_t end) {
-    const uint32_t landed = __atomic_add_fetch(w, count, __ATOMIC_SEQ_CST) - start;
-    const int64_t before = static_cast<int64_t>(landed) - count;
-    if (before < static_cast<int64_t>(end - start) && end - start <= landed) futex_wake_all(w);
-}
-
 void py_round_arrive(py::array ctrl, py::handle count_offset, py::handle count, py::handle start, py::handle end) {
     round_count(word(ctrl, count_offset, true), u32_arg(count, "count"), u32_arg(start, "start"), u32_arg(end, "end"));
 }
@@ -195,18 +154,18 @@ void announce(py::array& ctrl, py::handle args) {
     std::memcpy(slot, words, 64);
 }
 
-uint32_t py_round_put(py::array ctrl, py::array staging, py::array src, py::handle dst_offset, py::handle own_offset,
+uint32_t py_round_put(py::array ctrl, py::array staging, py::handle src, py::handle dst_offset, py::handle own_offset,
                       py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end,
                       py::object announce_args) {
-    require(src, "src", DT::U8, -1);
-    const uint64_t n = nbytes(src);
+    const ByteBuffer in = buffer_arg(src, "src", false);
+    const uint64_t n = in.size;
     uint8_t* dst = byte_span(staging, "staging", to_u64(dst_offset, "dst_offset"), n, true);
     uint32_t* own = word(ctrl, own_offset, true);
     uint32_t* counter = word(ctrl, count_offset, true);
     const int64_t wake_at = to_i64(own_wake_value, "own_wake_value", -1, 0xFFFFFFFFll);
     const uint32_t s = u32_arg(start, "start"), e = u32_arg(end, "end");
     if (!announce_args.is_none()) announce(ctrl, announce_args);
-    std::memcpy(dst, cdata<uint8_t>(src), n);
+    if (n) std::memcpy(dst, in.data, n);
     // The own chunk is counted on its word first: a rank waiting for the node's own chunks
     // (round_wait_first) is woken by the one that completes them, the others sleep on.
     const uint32_t owned = __atomic_add_fetch(own, 1u, __ATOMIC_SEQ_CST);
@@ -220,8 +179,9 @@ enum RoundStatus { kRoundDone = 0, kRoundWaiting = 1, kRoundFailed = 2, kRoundMi
 
 int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target, py::object timeout_s,
                      py::handle error_offset, py::handle number, py::handle signature_offset,
-                     py::handle signature_bytes, py::handle local_size, py::object staging, py::object out) {
-    const uint32_t* counter = word(ctrl, count_offset, false);
+                     py::handle signature_bytes, py::handle local_size, py::object staging, py::object out,
+                     py::object arrive) {
+    uint32_t* counter = word(ctrl, count_offset, !arrive.is_none());
     const uint32_t* failed = word(ctrl, error_offset, false);
     const uint32_t tgt = u32_arg(target, "target"), num = u32_arg(number, "number");
     const uint64_t sig_bytes = to_u64(signature_bytes, "signature_bytes", 64);
@@ -231,20 +191,29 @@ int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target,
     const uint8_t* from = nullptr;
     uint8_t* to = nullptr;
     uint64_t n = 0;
-    py::array out_arr, staging_arr;
+    py::array staging_arr;
     if (!out.is_none()) {
-        out_arr = py::array::ensure(out);
+        const ByteBuffer o = buffer_arg(out, "out", true);
         staging_arr = py::array::ensure(staging);
-        if (!out_arr || !staging_arr) value_error("out and staging must be NumPy arrays");
-        require(out_arr, "out", DT::U8, -1, true);
-        n = nbytes(out_arr);
-        to = mdata<uint8_t>(out_arr);
+        if (!staging_arr) value_error("staging must be a NumPy array");
+        n = o.size;
+        to = o.data;
         from = byte_span(staging_arr, "staging", 0, n, false);
     }
-    if (!wait_word_ge(counter, tgt, timeout_arg(timeout_s))) return kRoundWaiting;
+    const double timeout = timeout_arg(timeout_s);
+    if (!arrive.is_none()) {
+        // The caller landed the last chunks itself: copy out before the arrival wakes the node's
+        // ranks (which then take the CPU on a host with more ranks than cores).
+        py::tuple a = arrive.cast<py::tuple>();
+        if (a.size() != 2) value_error("arrive must be (count, start)");
+        const uint32_t count = u32_arg(a[0], "arrive count"), start = u32_arg(a[1], "arrive start");
+        if (n) std::memcpy(to, from, n);
+        n = 0;
+        round_count(counter, count, start, tgt);
+    }
+    if (!wait_word_ge(counter, tgt, timeout)) return kRoundWaiting;
     if (__atomic_load_n(failed, __ATOMIC_ACQUIRE) == num) return kRoundFailed;
-    for (uint64_t i = 1; i < L; ++i)
-        if (std::memcmp(sigs, sigs + 64 * i, sig_bytes) != 0) return kRoundMismatch;
+    if (!signatures_agree(sigs, sig_bytes, L)) return kRoundMismatch;
     if (n) std::memcpy(to, from, n);
     return kRoundDone;
 }
@@ -309,22 +278,26 @@ its waiters only if this addition completes the round, i.e. moves the counter (r
 A rank's own chunk of a round. First, with ``announce`` = (announce_offset, seq, signature,
 slot_offset), publish the call: at announce_offset of ``ctrl`` the int64 ``seq`` (>= 0) then the
 signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature is
-written), and the signature (zero-padded to 8 int64) into the 64-byte slot at slot_offset. Then staging[dst_offset : dst_offset + src.nbytes] = src (uint8,
-bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
+written), and the signature (zero-padded to 8 int64) into the 64-byte slot at slot_offset. Then
+staging[dst_offset : dst_offset + n] = the n bytes of src (a uint8 array, or an unconsumed DLPack
+capsule of a C-contiguous CPU tensor; bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
 when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).
 Returns the own-chunk word's new value (so the rank that completes the node's chunks knows it).)");
     m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("count_offset"), py::arg("target"),
           py::arg("timeout_s"), py::arg("error_offset"), py::arg("number"), py::arg("signature_offset"),
           py::arg("signature_bytes"), py::arg("local_size"), py::arg("staging") = py::none(),
-          py::arg("out") = py::none(),
+          py::arg("out") = py::none(), py::arg("arrive") = py::none(),
           R"(round_collect(ctrl, count_offset, target, timeout_s, error_offset, number, signature_offset,
-              signature_bytes, local_size, staging=None, out=None) -> int
+              signature_bytes, local_size, staging=None, out=None, arrive=None) -> int
 
 Wait (as wait_u32_ge, at most ``timeout_s``) until the round counter reaches ``target``, then check
 the round: returns 1 if it did not in time, 2 if the u32 at ``error_offset`` equals ``number`` (a
 relay recorded a failure), 3 if the first ``signature_bytes`` of the ``local_size`` 64-byte
-signature slots from ``signature_offset`` differ, else copies out[:] = staging[:out.nbytes] (both
-uint8; out writeable) when ``out`` is given and returns 0.)");
+signature slots from ``signature_offset`` differ, else copies staging's first bytes into ``out``
+(a writeable uint8 array, or an unconsumed DLPack capsule of a C-contiguous CPU tensor) when it is
+given and returns 0. With ``arrive`` = (count, start), the
+caller landed the round's last chunks itself: out is copied first (whatever the checks find), then
+round_arrive(ctrl, count_offset, count, start, target), then the wait and the checks.)");
     m.def("futex_wake", &py_futex_wake, py::arg("buf"), py::arg("offset"),
           R"(futex_wake(buf, offset) -> int
 

@@ -1,42 +1,14 @@
 // Byte views of tensors handed over as DLPack capsules (torch.utils.dlpack.to_dlpack): a uint8 NumPy
-// array over the tensor's own memory, without a copy. Cheaper than torch's
-// .view(torch.uint8).numpy() chain, which costs a rank 25-45 us per tensor when its caches are cold
-// (and on a host with more ranks than cores, the other ranks of a small collective wait for that).
+// array over the tensor's own memory, without a copy (cheaper than torch's .view(torch.uint8).numpy()
+// chain, which costs a rank 25-45 us per tensor when its caches are cold, and on a host with more
+// ranks than cores the other ranks of a small collective wait for that); and what a collective
+// checks of its pair of tensors.
 #include <Python.h>
 
-#include "arrays.hpp"
+#include "views.hpp"
 
 namespace mw {
 namespace {
-
-// The DLPack ABI (dlpack.h, v0.x "dltensor" capsules: the layout every producer still exports).
-struct DLDevice {
-    int32_t device_type;
-    int32_t device_id;
-};
-struct DLDataType {
-    uint8_t code;
-    uint8_t bits;
-    uint16_t lanes;
-};
-struct DLTensor {
-    void* data;
-    DLDevice device;
-    int32_t ndim;
-    DLDataType dtype;
-    int64_t* shape;
-    int64_t* strides;
-    uint64_t byte_offset;
-};
-struct DLManagedTensor {
-    DLTensor dl_tensor;
-    void* manager_ctx;
-    void (*deleter)(DLManagedTensor*);
-};
-constexpr int32_t kDLCPU = 1;
-constexpr const char* kName = "dltensor";
-constexpr const char* kUsedName = "used_dltensor";
-constexpr const char* kOwnerName = "multiwrite.dltensor_owner";
 
 // Destructor of the capsule that owns a consumed tensor (the base object of the returned array).
 void release_owner(PyObject* owner) {
@@ -46,31 +18,6 @@ void release_owner(PyObject* owner) {
         return;
     }
     if (managed->deleter != nullptr) managed->deleter(managed);
-}
-
-// Bytes of a C-contiguous tensor, or -1 when it is not C-contiguous. Sizes are checked for overflow.
-int64_t contiguous_nbytes(const DLTensor& t) {
-    if (t.ndim < 0 || t.ndim > 64) value_error("dlpack tensor with ", t.ndim, " dimensions");
-    if (t.dtype.bits == 0 || t.dtype.bits % 8 != 0 || t.dtype.lanes == 0)
-        value_error("dlpack tensor with an element of ", int(t.dtype.bits), " bits x ", int(t.dtype.lanes), " lanes");
-    if (t.ndim > 0 && t.shape == nullptr) value_error("dlpack tensor without a shape");
-    uint64_t numel = 1;
-    for (int32_t i = 0; i < t.ndim; ++i) {
-        if (t.shape[i] < 0) value_error("dlpack tensor with a negative dimension ", t.shape[i]);
-        if (t.shape[i] != 0 && numel > (uint64_t(1) << 62) / static_cast<uint64_t>(t.shape[i]))
-            value_error("dlpack tensor too large");
-        numel *= static_cast<uint64_t>(t.shape[i]);
-    }
-    if (t.strides != nullptr && numel > 0) {
-        int64_t expect = 1;    // in elements; dimensions of size 1 may have any stride
-        for (int32_t i = t.ndim - 1; i >= 0; --i) {
-            if (t.shape[i] != 1 && t.strides[i] != expect) return -1;
-            expect *= t.shape[i];
-        }
-    }
-    const uint64_t item = uint64_t(t.dtype.bits / 8) * t.dtype.lanes;
-    if (numel > (uint64_t(1) << 62) / item) value_error("dlpack tensor too large");
-    return static_cast<int64_t>(numel * item);
 }
 
 py::object py_dlpack_bytes(py::object capsule) {
@@ -96,9 +43,34 @@ py::object py_dlpack_bytes(py::object capsule) {
     return py::array(py::dtype("uint8"), {static_cast<py::ssize_t>(n)}, {py::ssize_t(1)}, data, owner);
 }
 
+// (dtype key, nbytes) of a capsule's tensor if C-contiguous in CPU memory.
+bool tensor_key(py::handle obj, int64_t* key, int64_t* n) {
+    const DLTensor* t = capsule_tensor(obj);
+    if (t == nullptr) value_error("expected unconsumed DLPack capsules named 'dltensor' (torch.utils.dlpack.to_dlpack)");
+    if (t->device.device_type != kDLCPU) return false;
+    *n = contiguous_nbytes(*t);
+    *key = int64_t(t->dtype.code) | int64_t(t->dtype.bits) << 8 | int64_t(t->dtype.lanes) << 16;
+    return *n >= 0;
+}
+
+py::object py_dlpack_pair(py::handle a, py::handle b) {
+    int64_t ka, na, kb, nb;
+    const bool ok_a = tensor_key(a, &ka, &na), ok_b = tensor_key(b, &kb, &nb);
+    if (!ok_a || !ok_b) return py::none();
+    return py::make_tuple(ka, na, kb, nb);
+}
+
 }  // namespace
 
 void register_views(py::module_& m) {
+    m.def("dlpack_pair", &py_dlpack_pair, py::arg("a"), py::arg("b"),
+          R"(dlpack_pair(a, b) -> (a_dtype, a_nbytes, b_dtype, b_nbytes) | None
+
+What a collective checks of its input and output tensors, given as unconsumed DLPack capsules
+(torch.utils.dlpack.to_dlpack; not consumed here): each one's element type as an int (DLPack
+code | bits << 8 | lanes << 16) and its bytes; None unless both are C-contiguous in CPU memory.
+Such a capsule can then be passed where the round functions take a uint8 array (round_put's src,
+round_collect's out) while it is alive. ValueError for anything but unconsumed DLPack capsules.)");
     m.def("dlpack_bytes", &py_dlpack_bytes, py::arg("capsule"),
           R"(dlpack_bytes(capsule) -> numpy.ndarray | None
 

@@ -12,3 +12,8 @@ def code(name: str) -> int:
 
 def name(code_: int) -> str:
     return _NAMES[code_ - 1] if 1 <= code_ <= len(_NAMES) else f"dtype#{code_}"
+
+
+def names():
+    """The dtype names that have a code (1..N)."""
+    return list(_NAMES)

@@ -1,7 +1,7 @@
 """Views of torch tensors and NumPy arrays as raw bytes (bfloat16 included), without copies where possible."""
 import numpy as np
 
-from . import _core
+from . import _core, _dtypes
 
 try:
     import torch
@@ -39,6 +39,47 @@ def _byte_view(t):
     the view/numpy chain (bfloat16 has no NumPy dtype), which costs 25-45 us per tensor when the
     rank's caches are cold."""
     return _core.dlpack_bytes(_to_dlpack(t))
+
+
+_DLPACK_NAMES = None   # DLPack element type (as _core.dlpack_pair gives it) -> torch dtype name
+
+
+def _dlpack_names():
+    """{DLPack element type: dtype name} of the torch dtypes that export to DLPack, each type named by
+    one dtype only (a type two dtypes share is left out: their tensors take the checked path)."""
+    global _DLPACK_NAMES
+    if _DLPACK_NAMES is None:
+        names, seen = {}, {}
+        for name in _dtypes.names():
+            dtype = getattr(torch, name, None)
+            if not isinstance(dtype, torch.dtype):
+                continue
+            try:
+                t = torch.empty(1, dtype=dtype)
+                key = _core.dlpack_pair(_to_dlpack(t), _to_dlpack(t))[0]
+            except Exception:        # no DLPack type for it (e.g. float8 in older DLPack)
+                continue
+            seen[key] = seen.get(key, 0) + 1
+            names[key] = name
+        _DLPACK_NAMES = {k: v for k, v in names.items() if seen[k] == 1}
+    return _DLPACK_NAMES
+
+
+def dlpack_pair(x, out):
+    """For two torch tensors: (x's DLPack capsule, out's, their dtype name, x.nbytes, out.nbytes) when
+    both are C-contiguous CPU tensors of the same dtype, else None. The capsules stand for the tensors
+    in the _core round functions (round_put, round_collect) while they are alive: a collective's fast
+    path then makes no NumPy views and reads no tensor attributes (on a host with more ranks than
+    cores, each of those costs a rank microseconds of CPU that its peers wait for, tens when caches
+    are cold)."""
+    cx, co = _to_dlpack(x), _to_dlpack(out)
+    info = _core.dlpack_pair(cx, co)
+    if info is None or info[0] != info[2]:
+        return None
+    name = (_DLPACK_NAMES or _dlpack_names()).get(info[0])
+    if name is None:
+        return None
+    return cx, co, name, info[1], info[3]
 
 
 def input_bytes(x) -> np.ndarray:

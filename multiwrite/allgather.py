@@ -41,6 +41,18 @@ def all_gather(out, x, *, group=None, mode=None):
     """
     g = resolve(group)
     mode = g.mode if mode is None else check_mode(mode)
+    if mode == "multiwrite" and _tensors.is_tensor(x) and _tensors.is_tensor(out):
+        # Contiguous CPU tensors of one dtype: the small path takes them as DLPack capsules (no views)
+        pair = _tensors.dlpack_pair(x, out)
+        if pair is not None:
+            cx, co, dtype, c, out_bytes = pair
+            if out_bytes == g.size * c and small_path(g.size, c):
+                plan = _SmallPlan.get(g, c)
+                if not plan.relays:
+                    seq = g.next_seq()
+                    _all_gather_small(g, plan, co, cx, seq, tag_for(OP, seq), OP + 256 * _dtypes.code(dtype),
+                                      f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)")
+                    return out
     dtype = _tensors.dtype_name(x)
     if _tensors.dtype_name(out) != dtype:
         raise TypeError(f"all_gather: out has dtype {_tensors.dtype_name(out)}, x has {dtype}")
@@ -66,7 +78,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     what = f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)"
     unicast = mode == "unicast"
     if not unicast and small_path(P, c):
-        return _all_gather_small(g, out, src, seq, tag, window_id, what)
+        return _all_gather_small(g, _SmallPlan.get(g, c), out, src, seq, tag, window_id, what)
     if TRACE is not None: TRACE.append(("enter", _pc()))
     out = _bytes_of(out)
     staging_bytes = (topo.local_size if unicast else P) * c
@@ -163,7 +175,7 @@ def node_aggregated(topo, c):
     return small_path(topo.world_size, c) and max(len(r) for r in topo.node_ranks) * c <= AGGREGATE_MAX_BYTES
 
 
-def _all_gather_small(g, out, src, seq, tag, window_id, what):
+def _all_gather_small(g, plan, out, src, seq, tag, window_id, what):
     """MultiWrite AllGather for small chunks (latency-bound): no node barriers, one message per node pair.
 
     Every rank writes its chunk into the node's round staging area (Group.round_*: a counter per round
@@ -178,7 +190,6 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     8-rank virtual cluster). For the same reason a rank's part is a few calls: what depends only on
     the chunk size is computed once (_SmallPlan), and the shared-memory steps are C++ calls.
     """
-    plan = _SmallPlan.get(g, src.nbytes)
     if TRACE is not None: TRACE.append(("enter", _pc()))
     staging, rnd, completed = g.round_enter(seq, (OP, seq, plan.c, window_id, 0, _SMALL), g.size, src, plan.offset,
                                             wait_first=plan.aggregated, wake_first=not plan.any_sender)
@@ -189,19 +200,17 @@ def _all_gather_small(g, out, src, seq, tag, window_id, what):
     if plan.any_sender and completed:
         # My chunk completed the node's: I send them (a disagreement in my node: a packet without
         # payload), then wake the leader, which receives the other nodes' packets.
-        sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, g.round_mismatch(rnd, what))
+        sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id)
         if not plan.leads:
             g.round_wake_first(rnd)
     out = _bytes_of(out)
     error = None
     if plan.leads:
         error = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)
-        # My own copy first: the arrival below wakes the node's ranks, which then take the CPU
-        # (ranks outnumber cores on small hosts) while this rank would still have work. Every other
-        # node's chunks count as arrived, landed or failed, so no peer waits for them.
-        out[:] = staging[:plan.gathered]
-        g.round_arrived(rnd, g.size - g.topo.local_size)
-        g.round_wait(rnd, what, error)      # complete now: only checks for errors
+        # Every other node's chunks count as arrived, landed or failed, so no peer waits for them;
+        # my own copy comes first (round_wait's arrive): the arrival wakes the node's ranks, which
+        # then take the CPU (ranks outnumber cores on small hosts) while this rank would still work.
+        g.round_wait(rnd, what, error, out=out, staging=staging, arrive=g.size - g.topo.local_size)
         if TRACE is not None: TRACE.append(("all_in", _pc()))
         return out
     if sends is not None:
@@ -250,6 +259,9 @@ class _SmallPlan:
         self.payload_len = len(mine) * c
         self.packet_offset = mine[0] * c
         self.bitmaps = [_packets.full_bitmap(size) for _, _, size in self.others]
+        self.dests = tuple((m, bitmap) for (m, _, _), bitmap in zip(self.others, self.bitmaps))
+        # the slots pack_node_packets compares: the signature _all_gather_small announces has 6 values
+        self.signature_slots = [g.round_signature_slots(parity, 6) for parity in (0, 1)]
         self.check_args = dict(window_size=P * c, num_local_ranks=topo.local_size)
         # outboxes: one row per other node, per parity
         self.outboxes = [np.empty((len(self.others), H + self.payload_len), dtype=np.uint8) for _ in range(2)]
@@ -261,6 +273,14 @@ class _SmallPlan:
                              for _, _, size in self.others] for _ in range(2)]
             # per other node: the (staging offset, packet offset, length) pieces its payload lands in
             self.landing = {m: _payload_pieces(topo.node_ranks[m], c) for m, _, _ in self.others}
+            # _core.land_node_packet's table, when every node's payload is one piece: per sender, the
+            # (offset, length) of its node's chunks (every rank of a node may send its packet)
+            self.spans = None
+            if all(len(self.landing[m]) == 1 for m, _, _ in self.others):
+                self.spans = np.zeros((P, 2), dtype=np.int64)
+                for m, _, size in self.others:
+                    for s in topo.node_ranks[m]:
+                        self.spans[s] = (self.landing[m][0][0], size * c)
 
 
 def _payload_pieces(ranks, c):
@@ -277,25 +297,36 @@ def _other_nodes(topo):
     return [(m, topo.node_ranks[m][0], len(topo.node_ranks[m])) for m in range(topo.num_nodes) if m != topo.node]
 
 
-def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error):
+def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error=None):
     """Post the sends of my node's chunks (all in the staging area) as one packet to every other
     node's leader: one fused message (header + payload) where the transport tolerates receives longer
     than the message, else header then payload. A disagreement inside my node travels as a packet
-    without payload (payload_len 0), which its receivers turn into a MismatchError (``local_error``:
-    that disagreement, or None). Returns the send requests."""
+    without payload (payload_len 0), which its receivers turn into a MismatchError: ``local_error``
+    (that disagreement, found by the caller), or found here by comparing the local ranks' signatures.
+    Returns the send requests."""
     H = _packets.HEADER
-    payload_len = 0 if local_error else plan.payload_len
     outbox = plan.outboxes[rnd.parity]
-    if payload_len:
-        for at, pos, n in plan.sending:
-            outbox[0, pos:pos + n] = staging[at:at + n]
+    if len(plan.sending) == 1:      # my node's chunks are one piece: header and payload in one call
+        payload_len = 0 if local_error else plan.payload_len
+        n = _core.pack_node_packets(outbox, staging, plan.packet_offset, payload_len, window_id, seq, g.rank,
+                                    plan.packet_offset if payload_len else 0, plan.dests,
+                                    plan.signature_slots[rnd.parity])
+        payload_len = n - H
+        if TRACE is not None: TRACE.append(("packed", _pc()))
+    else:
+        disagree = local_error is not None or g.round_mismatch(rnd, "") is not None
+        payload_len = 0 if disagree else plan.payload_len
+        if payload_len:
+            for at, pos, n in plan.sending:
+                outbox[0, pos:pos + n] = staging[at:at + n]
+        for i, (m, leader, size) in enumerate(plan.others):
+            if i and payload_len:
+                outbox[i, H:] = outbox[0, H:]
+            _core.build_header(outbox[i, :H], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
+                               dest_bitmap=plan.bitmaps[i], offset=plan.packet_offset if payload_len else 0,
+                               payload_len=payload_len)
     sends = []
     for i, (m, leader, size) in enumerate(plan.others):
-        if i and payload_len:
-            outbox[i, H:] = outbox[0, H:]
-        _core.build_header(outbox[i, :H], window_id=window_id, seq=seq, src_rank=g.rank, dest_node=m,
-                           dest_bitmap=plan.bitmaps[i], offset=plan.packet_offset if payload_len else 0,
-                           payload_len=payload_len)
         g.stats.add_inter(H + payload_len, m)
         if plan.fused:
             sends.append(g.transport.isend(outbox[i, :H + payload_len], leader, tag))
@@ -319,10 +350,12 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
         recvs = [g.recv(box, leader, tag) if fused else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what)
                  for box, (m, leader, size) in zip(inboxes, plan.others)]
 
-    # Wait for the chunks of my node (they are counted on a word of their own).
+    # Wait for the chunks of my node (they are counted on a word of their own). A disagreement among
+    # them is found by the rank that sends my node's packet and by round_wait at the end; without
+    # any-source receives I send it and look for one here.
     try:
         g.round_wait_first(rnd, what)
-        local_error = g.round_mismatch(rnd, what)
+        local_error = None if plan.any_sender else g.round_mismatch(rnd, what)
     except MismatchError as exc:     # a local rank took the other (barrier) path: no rank sent
         local_error = exc
         if sends is None:
@@ -332,13 +365,13 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
         sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error)
 
     error, pending = local_error, {m: (leader, size) for m, leader, size in plan.others}
+    waiting_for = _PendingPackets(pending)
     for i, (m, leader, size) in enumerate(plan.others):
         box = inboxes[i]
         try:
             if TRACE is not None: TRACE.append(("recv_wait", _pc()))
             if plan.any_sender:      # for a timeout message
-                recvs[i].description = (f"the packet of node(s) {sorted(pending)} (sent by the rank whose chunk "
-                                        f"completes its node's)")
+                recvs[i].description = waiting_for
             try:
                 if fused:
                     _packets.wait_checked(g, [recvs[i]], what)
@@ -350,6 +383,11 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
                     raise
                 raise disagreed from None
             if TRACE is not None: TRACE.append(("recv_done", _pc()))
+            if plan.spans is not None:     # one call when all is well; else the checks below say what is not
+                sender = _core.land_node_packet(box, staging, window_id, seq, topo.local_size, plan.spans)
+                if sender >= 0 and topo.node_of[sender] in pending and (plan.any_sender or sender == leader):
+                    del pending[topo.node_of[sender]]
+                    continue
             info = _packets.check(box[:H], what=what, window_id=window_id, seq=seq,
                                   src_rank=None if plan.any_sender else leader, **plan.check_args)
             if plan.any_sender:      # which node sent it: the header says
@@ -374,6 +412,17 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
     if sends is not None:
         error = _packets.finish_sends(g, what, sends, error)
     return error
+
+
+class _PendingPackets:
+    """The node packets a leader still waits for, as a timeout message names them (formatted only then)."""
+    __slots__ = ("pending",)
+
+    def __init__(self, pending):
+        self.pending = pending
+
+    def __str__(self):
+        return f"the packet of node(s) {sorted(self.pending)} (sent by the rank whose chunk completes its node's)"
 
 
 def _node_disagreement(box, what, node, sender):

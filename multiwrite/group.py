@@ -369,18 +369,26 @@ class Group:
         msg[:len(text)] = np.frombuffer(text, dtype=np.uint8)
         _core.atomic_store_u32(self.ctrl, _ROUND_ERR + 64 * parity, number & 0xFFFFFFFF)
 
-    def round_wait(self, handle, what, error=None, out=None, staging=None):
+    def round_wait(self, handle, what, error=None, out=None, staging=None, arrive=0):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
         local rank's signature differs or a relay on this node recorded a failure. With ``out``
         (uint8), copy out[:] = staging[:out.nbytes] once the round is complete and correct (in the
-        same C++ call as the wait and the checks)."""
+        same C++ call as the wait and the checks). ``arrive``: the caller landed the round's last
+        ``arrive`` chunks itself; they are counted (round_arrived) after ``out`` is copied, so the
+        ranks this wakes do not take the CPU before the copy is done."""
         parity, number, announced = handle.parity, handle.number, handle.announced
         if error is not None:
             out = None
         args = (self.ctrl, _ROUND_COUNT + 64 * parity, handle.end & 0xFFFFFFFF)
         checks = (_ROUND_ERR + 64 * parity, number & 0xFFFFFFFF, _ROUND_SIG + 64 * _MAX_LOCAL * parity,
                   8 * len(announced[1]), self._local_size, staging, out)
-        status = self._wait_sliced(lambda t: _core.round_collect(*args, t, *checks), what, announced, _ROUND_WAITING)
+        if arrive and error is None:      # my arrival completes the round: no waiting, so no slices
+            status = _core.round_collect(*args, self.timeout_s, *checks, (arrive, handle.start & 0xFFFFFFFF))
+        else:
+            if arrive:
+                self.round_arrived(handle, arrive)
+            status = self._wait_sliced(lambda t: _core.round_collect(*args, t, *checks), what, announced,
+                                       _ROUND_WAITING)
         if status == _ROUND_WAITING:
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the node's "
                                     f"chunks; {self._not_entered(announced[0])}")
@@ -394,6 +402,11 @@ class Group:
                                 f"{bytes(msg).rstrip(bytes(1)).decode(errors='replace')}")
         raise self.round_mismatch(handle, what) or MismatchError(f"{what}: the ranks of node {self.topo.node} "
                                                                  f"called it with different arguments")
+
+    def round_signature_slots(self, parity, n):
+        """(ctrl, offset, bytes, local ranks) of the signature slots of round bank ``parity`` for
+        signatures of ``n`` values: what _core.pack_node_packets compares."""
+        return self.ctrl, _ROUND_SIG + 64 * _MAX_LOCAL * parity, 8 * n, self._local_size
 
     def round_mismatch(self, handle, what):
         """MismatchError if the local ranks that entered the round disagree on its signature (valid

@@ -34,6 +34,9 @@ def main(argv=None):
     ap.add_argument("--barrier", choices=("transport", "mpi"), default="transport",
                     help="barrier before each iteration: the group's transport (default) or a blocking "
                          "MPI_Barrier, as the benchmarks use under mpirun")
+    ap.add_argument("--idle-ms", type=float, default=0.0,
+                    help="sleep this long before each iteration's barrier (caches go cold, as after another "
+                         "implementation's call in the benchmark; default 0)")
     ap.add_argument("--torch", action="store_true", help="all_gather: bfloat16 tensors, as the benchmark passes")
     args = ap.parse_args(argv)
     g = mw.init()
@@ -79,6 +82,8 @@ def main(argv=None):
     records = []
     for _ in range(iters):
         prepare()
+        if args.idle_ms:
+            time.sleep(args.idle_ms / 1e3)
         barrier()
         module.TRACE = []
         t0 = time.perf_counter()

@@ -12,6 +12,7 @@ _SPIN_S = float(os.environ.get("MULTIWRITE_SPIN_US", "50")) * 1e-6
 _SLEEP_MIN_S = 1e-5
 _SLEEP_MAX_S = float(os.environ.get("MULTIWRITE_SLEEP_MAX_US", "50")) * 1e-6
 _YIELDED_S = 20e-6          # a test() that took this long slept or yielded inside
+_UINT8 = np.dtype(np.uint8)  # compared by identity first: comparing with np.uint8 converts it every time
 
 
 class Request:
@@ -149,6 +150,6 @@ class Transport:
 
     @staticmethod
     def check_buffer(buf):
-        if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1 \
+        if not isinstance(buf, np.ndarray) or (buf.dtype is not _UINT8 and buf.dtype != _UINT8) or buf.ndim != 1 \
                 or not buf.flags.c_contiguous:
             raise TypeError("transport buffers must be 1-D C-contiguous numpy.uint8 arrays")

@@ -12,10 +12,21 @@ from .base import CompletedRequest, Request, Transport, wait_polling
 
 
 class _MPIRequest(Request):
-    __slots__ = ("req", "buf", "description", "transport")
+    __slots__ = ("req", "buf", "_description", "transport")
 
     def __init__(self, req, buf, description, transport=None):
-        self.req, self.buf, self.description, self.transport = req, buf, description, transport
+        self.req, self.buf, self._description, self.transport = req, buf, description, transport
+
+    @property
+    def description(self):
+        """What the request is, for error messages: formatted only when one is raised (a tuple
+        (format, *args) is stored; formatting on every request costs small operations time)."""
+        d = self._description
+        return d[0].format(*d[1:]) if type(d) is tuple else str(d)
+
+    @description.setter
+    def description(self, value):
+        self._description = value
 
     def test(self):
         try:
@@ -67,19 +78,19 @@ class MPITransport(Transport):
         if buf.nbytes == 0:
             return CompletedRequest()
         req = self.comm.Isend([buf, self.MPI.BYTE], dest=dst, tag=self._tag(tag))
-        return _MPIRequest(req, buf, f"send of {buf.nbytes} B to rank {dst}", self)
+        return _MPIRequest(req, buf, ("send of {} B to rank {}", buf.nbytes, dst), self)
 
     def irecv(self, buf, src, tag):
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
-        return _MPIRequest(req, buf, f"receive of {buf.nbytes} B from rank {src}", self)
+        return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self)
 
     def irecv_any(self, buf, tag):
         self.check_buffer(buf)
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=self.MPI.ANY_SOURCE, tag=self._tag(tag))
-        return _MPIRequest(req, buf, f"receive of up to {buf.nbytes} B from any rank", self)
+        return _MPIRequest(req, buf, ("receive of up to {} B from any rank", buf.nbytes), self)
 
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
