@@ -280,8 +280,9 @@ slot_offset), publish the call: at announce_offset of ``ctrl`` the int64 ``seq``
 signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature is
 written), and the signature (zero-padded to 8 int64) into the 64-byte slot at slot_offset. Then
 staging[dst_offset : dst_offset + n] = the n bytes of src (a uint8 array, or an unconsumed DLPack
-capsule of a C-contiguous CPU tensor; bounds-checked), then +1 on the own-chunk word at ``own_offset`` of ``ctrl`` (its waiters woken
-when it becomes ``own_wake_value``; -1: never), then round_arrive(ctrl, count_offset, 1, start, end).
+capsule of a C-contiguous CPU tensor; bounds-checked), then +1 on the own-chunk word at
+``own_offset`` of ``ctrl`` (its waiters woken when it becomes ``own_wake_value``; -1: never), then
+round_arrive(ctrl, count_offset, 1, start, end).
 Returns the own-chunk word's new value (so the rank that completes the node's chunks knows it).)");
     m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("count_offset"), py::arg("target"),
           py::arg("timeout_s"), py::arg("error_offset"), py::arg("number"), py::arg("signature_offset"),

@@ -7,7 +7,8 @@ _CODES = {n: i + 1 for i, n in enumerate(_NAMES)}
 
 def code(name: str) -> int:
     """1..N for known dtypes, 255 for anything else."""
-    return _CODES.get(str(name).replace("torch.", ""), 255)
+    found = _CODES.get(name)        # a plain name: no string work (every collective call asks)
+    return found if found is not None else _CODES.get(str(name).replace("torch.", ""), 255)
 
 
 def name(code_: int) -> str:

@@ -265,6 +265,7 @@ class _SmallPlan:
         self.check_args = dict(window_size=P * c, num_local_ranks=topo.local_size)
         # outboxes: one row per other node, per parity
         self.outboxes = [np.empty((len(self.others), H + self.payload_len), dtype=np.uint8) for _ in range(2)]
+        self.packets = [list(box) for box in self.outboxes]      # the rows as 1-D arrays (full packets)
         self.sending = _payload_pieces(mine, c)
         if self.leads:
             # inboxes (header + a node's chunks) per parity; an any-source receive fits any node's packet
@@ -329,7 +330,8 @@ def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error=No
     for i, (m, leader, size) in enumerate(plan.others):
         g.stats.add_inter(H + payload_len, m)
         if plan.fused:
-            sends.append(g.transport.isend(outbox[i, :H + payload_len], leader, tag))
+            packet = plan.packets[rnd.parity][i] if payload_len else outbox[i, :H]
+            sends.append(g.transport.isend(packet, leader, tag))
         else:
             sends += [g.transport.isend(outbox[i, :H], leader, tag),
                       g.transport.isend(outbox[i, H:H + payload_len], leader, tag)]

@@ -265,3 +265,86 @@ def test_parse_header_checks_header_only():
         c.parse_header(u8(ref_encode()[:63]))
     with pytest.raises(c.PacketError, match="bad magic"):
         c.parse_header(u8(ref_encode(magic=0)))
+
+
+def _signature_slots(local_size, differ=False):
+    ctrl = np.zeros(1024, np.uint8)
+    for i in range(local_size):
+        ctrl[64 * i:64 * i + 48] = np.arange(48, dtype=np.uint8)
+    if differ:
+        ctrl[64 + 40] = 99                       # local rank 1, word 5
+    return ctrl, 0, 48, local_size
+
+
+def test_pack_node_packets_headers_and_payload():
+    """pack_node_packets: one row per destination, a header a reference decoder reads back, and the
+    staging bytes as payload; when the local signatures differ, header-only packets (payload 0)."""
+    staging = np.arange(256, dtype=np.uint8)
+    outbox = np.zeros((2, 64 + 32), np.uint8)
+    n = c.pack_node_packets(outbox, staging, 64, 32, 0x301, 9, 5, 64, ((1, 0b1111), (2, 0b11)), _signature_slots(4))
+    assert n == 96
+    for row, (node, bitmap) in zip(outbox, ((1, 0b1111), (2, 0b11))):
+        info = c.parse_packet(row, window_size=256, num_local_ranks=4)
+        assert (info["window_id"], info["seq"], info["src_rank"], info["dest_node"], info["dest_bitmap"],
+                info["offset"], info["payload_len"]) == (0x301, 9, 5, node, bitmap, 64, 32)
+        assert row[64:].tolist() == list(range(64, 96))
+    outbox[:] = 0
+    n = c.pack_node_packets(outbox, staging, 64, 32, 0x301, 9, 5, 64, ((1, 0b1111),), _signature_slots(4, differ=True))
+    assert n == 64 and c.parse_packet(outbox[0, :64])["payload_len"] == 0 and outbox[1].sum() == 0
+    assert c.parse_packet(outbox[0, :64])["offset"] == 0
+
+
+@pytest.mark.parametrize("args, text", [
+    ((np.zeros((1, 80), np.uint8), 0, 32), "cannot hold"),           # row too short for the payload
+    ((np.zeros((1, 96), np.uint8), 240, 32), "exceed"),              # payload past the staging area
+    ((np.zeros(96, np.uint8), 0, 32), "2-D"),
+])
+def test_pack_node_packets_refusals(args, text):
+    outbox, offset, length = args
+    with pytest.raises(ValueError, match=text):
+        c.pack_node_packets(outbox, np.zeros(256, np.uint8), offset, length, 1, 1, 0, 0, ((1, 1),))
+    with pytest.raises(ValueError, match="rows for 2"):
+        c.pack_node_packets(np.zeros((1, 96), np.uint8), np.zeros(256, np.uint8), 0, 32, 1, 1, 0, 0, ((1, 1), (2, 1)))
+    with pytest.raises(ValueError, match="dest_bitmap"):
+        c.pack_node_packets(np.zeros((1, 96), np.uint8), np.zeros(256, np.uint8), 0, 32, 1, 1, 0, 0, ((1, 0),))
+
+
+def test_land_node_packet_lands_only_what_is_expected():
+    """land_node_packet: a valid packet from an expected sender lands at its span and returns the
+    sender; anything else (wrong window, seq, sender, length, offset, corrupt header, payload-less,
+    truncated) returns -1 and writes nothing."""
+    spans = np.zeros((8, 2), np.int64)
+    spans[4:8] = (128, 64)                        # ranks 4..7 send node 1's 64 bytes, landing at 128
+    staging = np.arange(256, dtype=np.uint8)
+    src = np.arange(64, dtype=np.uint8) + 100
+    outbox = np.zeros((1, 64 + 64), np.uint8)
+    signatures = _signature_slots(4)
+    box = np.zeros(64 + 64 + 16, np.uint8)         # any-source inboxes may be longer than the packet
+
+    def packet(**kw):
+        a = dict(staging_offset=0, payload_len=64, window_id=0x301, seq=7, src_rank=6, offset=128)
+        a.update(kw)
+        stage = np.zeros(512, np.uint8)
+        stage[a["staging_offset"]:a["staging_offset"] + 64] = src
+        c.pack_node_packets(outbox, stage, a["staging_offset"], a["payload_len"], a["window_id"], a["seq"],
+                            a["src_rank"], a["offset"], ((0, 0b1111),), signatures)
+        box[:] = 0
+        box[:64 + a["payload_len"]] = outbox[0, :64 + a["payload_len"]]
+        return box
+
+    before = staging.copy()
+    for kw in (dict(window_id=0x302), dict(seq=8), dict(src_rank=2), dict(src_rank=9), dict(offset=64),
+               dict(payload_len=32), dict(payload_len=0, offset=0)):
+        assert c.land_node_packet(packet(**kw), staging, 0x301, 7, 4, spans) == -1, kw
+        assert (staging == before).all()
+    bad = packet().copy()
+    bad[20] ^= 1                                   # corrupt header: checksum mismatch
+    assert c.land_node_packet(bad, staging, 0x301, 7, 4, spans) == -1
+    assert c.land_node_packet(packet()[:100], staging, 0x301, 7, 4, spans) == -1    # truncated payload
+    assert (staging == before).all()
+    assert c.land_node_packet(packet(), staging, 0x301, 7, 4, spans) == 6
+    assert staging[128:192].tolist() == src.tolist() and (staging[:128] == before[:128]).all()
+    with pytest.raises(ValueError, match="spans"):
+        c.land_node_packet(packet(), staging, 0x301, 7, 4, np.zeros((8, 3), np.int64))
+    with pytest.raises(ValueError, match="num_local_ranks"):
+        c.land_node_packet(packet(), staging, 0x301, 7, 0, spans)

@@ -290,3 +290,44 @@ def test_round_collect_statuses():
     assert c.round_collect(ctrl, 0, 2, 0.0, **sig) == 2
     with pytest.raises(ValueError, match="exceed"):  # out larger than the staging area
         c.round_collect(ctrl, 0, 2, 0.0, staging=staging, out=np.zeros(64, np.uint8), **sig)
+
+
+def test_round_collect_arrive_copies_then_counts():
+    """round_collect(arrive=(count, start)): the caller landed the round's last chunks; out is copied,
+    the count added (completing the round: no wait), then the usual checks. A short count still
+    times out (status 1), and a bad arrive tuple is refused before anything is written."""
+    ctrl, staging = np.zeros(1024, np.uint8), np.arange(32, dtype=np.uint8)
+    out = np.zeros(16, np.uint8)
+    sig = dict(error_offset=4, number=5, signature_offset=512, signature_bytes=16, local_size=2)
+    c.round_arrive(ctrl, 0, 1, 0, 3)                 # 1 of 3 chunks landed by a peer
+    assert c.round_collect(ctrl, 0, 3, 1.0, staging=staging, out=out, arrive=(2, 0), **sig) == 0
+    assert out.tolist() == list(range(16)) and c.atomic_load_u32(ctrl, 0) == 3
+    out[:] = 0
+    assert c.round_collect(ctrl, 0, 5, 0.05, staging=staging, out=out, arrive=(1, 3), **sig) == 1
+    assert c.atomic_load_u32(ctrl, 0) == 4 and out.tolist() == list(range(16))   # copied, counted, short
+    before = ctrl.copy()
+    with pytest.raises(ValueError, match="arrive must be"):
+        c.round_collect(ctrl, 0, 5, 0.0, staging=staging, out=out, arrive=(1,), **sig)
+    with pytest.raises(ValueError, match="timeout_s"):
+        c.round_collect(ctrl, 0, 5, -1.0, staging=staging, out=out, arrive=(1, 3), **sig)
+    assert (ctrl == before).all()
+
+
+def test_round_functions_take_dlpack_capsules():
+    """round_put's src and round_collect's out may be unconsumed DLPack capsules of C-contiguous CPU
+    tensors (the small all_gather passes its tensors so); other tensors are refused."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.dlpack import from_dlpack, to_dlpack
+    ctrl, staging = np.zeros(1024, np.uint8), np.zeros(64, np.uint8)
+    x = torch.arange(4, dtype=torch.bfloat16) + 1
+    cap = to_dlpack(x)
+    assert c.round_put(ctrl, staging, cap, 8, 0, -1, 64, 0, 1) == 1
+    assert (staging[8:16] == x.view(torch.uint8).numpy()).all()
+    assert from_dlpack(cap).shape == (4,)            # not consumed
+    out = torch.zeros(4, dtype=torch.bfloat16)
+    assert c.round_collect(ctrl, 64, 1, 0.0, 4, 1, 512, 8, 1, staging=staging[8:], out=to_dlpack(out)) == 0
+    assert torch.equal(out, x)
+    for bad, text in [(to_dlpack(torch.arange(12.0).reshape(3, 4).t()), "not C-contiguous"),
+                      (np.zeros(4, np.float32), "dtype uint8"), (b"abcd", "dtype uint8")]:
+        with pytest.raises(ValueError, match=text):
+            c.round_put(ctrl, staging, bad, 0, 0, -1, 64, 0, 1)

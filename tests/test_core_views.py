@@ -53,3 +53,31 @@ def test_refusals():
     for bad in (cap, 5, np.ones(3), "dltensor"):     # a consumed capsule, non-capsules
         with pytest.raises(ValueError, match="DLPack capsule"):
             _core.dlpack_bytes(bad)
+
+
+def test_dlpack_pair_types_sizes_and_refusals():
+    """dlpack_pair: each tensor's DLPack element type and bytes, capsules left unconsumed; None unless
+    both are C-contiguous CPU tensors; ValueError for non-capsules."""
+    a, b = torch.zeros(3, dtype=torch.bfloat16), torch.zeros(2, 6, dtype=torch.bfloat16)
+    ca, cb = to_dlpack(a), to_dlpack(b)
+    ka, na, kb, nb = _core.dlpack_pair(ca, cb)
+    assert (na, nb) == (6, 24) and ka == kb
+    assert from_dlpack(ca).shape == (3,) and from_dlpack(cb).shape == (2, 6)   # still unconsumed
+    kf = _core.dlpack_pair(to_dlpack(torch.zeros(1)), to_dlpack(torch.zeros(1, dtype=torch.float16)))
+    assert kf[0] != kf[2] != ka                    # float32, float16, bfloat16 differ
+    assert _core.dlpack_pair(to_dlpack(torch.zeros(4, 4).t()), to_dlpack(a)) is None
+    for bad in (np.zeros(3), 5):
+        with pytest.raises(ValueError, match="DLPack capsules"):
+            _core.dlpack_pair(bad, to_dlpack(a))
+
+
+def test_dlpack_dtype_names_are_unambiguous():
+    """_tensors.dlpack_pair names the dtype of a pair; a pair of different dtypes, or a non-contiguous
+    tensor, gets None (the checked path then reports it)."""
+    from multiwrite import _tensors
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.uint8, torch.bool):
+        x, out = torch.zeros(2, dtype=dtype), torch.zeros(8, dtype=dtype)
+        _, _, name, nx, nout = _tensors.dlpack_pair(x, out)
+        assert name == str(dtype).replace("torch.", "") and (nx, nout) == (2 * x.element_size(), 8 * x.element_size())
+    assert _tensors.dlpack_pair(torch.zeros(2), torch.zeros(8, dtype=torch.int32)) is None
+    assert _tensors.dlpack_pair(torch.zeros(2), torch.zeros(4, 2).t()) is None
