@@ -76,7 +76,7 @@ def dlpack_pair(x, out):
     info = _core.dlpack_pair(cx, co)
     if info is None or info[0] != info[2]:
         return None
-    name = (_DLPACK_NAMES or _dlpack_names()).get(info[0])
+    name = (_DLPACK_NAMES if _DLPACK_NAMES is not None else _dlpack_names()).get(info[0])
     if name is None:
         return None
     return cx, co, name, info[1], info[3]

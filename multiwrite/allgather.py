@@ -42,7 +42,8 @@ def all_gather(out, x, *, group=None, mode=None):
     g = resolve(group)
     mode = g.mode if mode is None else check_mode(mode)
     if mode == "multiwrite" and _tensors.is_tensor(x) and _tensors.is_tensor(out):
-        # Contiguous CPU tensors of one dtype: the small path takes them as DLPack capsules (no views)
+        # Contiguous CPU tensors of one dtype: the small path takes them as DLPack capsules, with no
+        # views and no tensor attributes read (its per-rank relay variant works on NumPy views)
         pair = _tensors.dlpack_pair(x, out)
         if pair is not None:
             cx, co, dtype, c, out_bytes = pair
