@@ -21,16 +21,12 @@ void release_owner(PyObject* owner) {
 }
 
 py::object py_dlpack_bytes(py::object capsule) {
-    PyObject* cap = capsule.ptr();
-    if (!PyCapsule_IsValid(cap, kName))
+    DLManagedTensor* managed = capsule_managed(capsule);
+    if (managed == nullptr)
         value_error("expected an unconsumed DLPack capsule named 'dltensor' (torch.utils.dlpack.to_dlpack)");
-    auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, kName));
-    if (managed == nullptr) throw py::error_already_set();
-    const DLTensor& t = managed->dl_tensor;
-    if (t.device.device_type != kDLCPU) return py::none();     // the caller says what is wrong
-    const int64_t n = contiguous_nbytes(t);
-    if (n < 0) return py::none();
-    if (n > 0 && t.data == nullptr) value_error("dlpack tensor of ", n, " bytes without data");
+    ByteBuffer bytes;
+    if (!cpu_bytes(managed->dl_tensor, &bytes)) return py::none();     // the caller says what is wrong
+    PyObject* cap = capsule.ptr();
     // Consume it (DLPack protocol): the producer's capsule no longer frees the tensor; our owner
     // capsule, the array's base, calls the deleter when the array goes away.
     py::object owner = py::reinterpret_steal<py::object>(PyCapsule_New(managed, kOwnerName, release_owner));
@@ -39,18 +35,20 @@ py::object py_dlpack_bytes(py::object capsule) {
         PyCapsule_SetDestructor(owner.ptr(), nullptr);   // still the producer's: do not free it twice
         throw py::error_already_set();
     }
-    auto* data = static_cast<uint8_t*>(t.data) + (n > 0 ? t.byte_offset : 0);
-    return py::array(py::dtype("uint8"), {static_cast<py::ssize_t>(n)}, {py::ssize_t(1)}, data, owner);
+    return py::array(py::dtype("uint8"), {static_cast<py::ssize_t>(bytes.size)}, {py::ssize_t(1)}, bytes.data, owner);
 }
 
 // (dtype key, nbytes) of a capsule's tensor if C-contiguous in CPU memory.
 bool tensor_key(py::handle obj, int64_t* key, int64_t* n) {
-    const DLTensor* t = capsule_tensor(obj);
-    if (t == nullptr) value_error("expected unconsumed DLPack capsules named 'dltensor' (torch.utils.dlpack.to_dlpack)");
-    if (t->device.device_type != kDLCPU) return false;
-    *n = contiguous_nbytes(*t);
-    *key = int64_t(t->dtype.code) | int64_t(t->dtype.bits) << 8 | int64_t(t->dtype.lanes) << 16;
-    return *n >= 0;
+    const DLManagedTensor* managed = capsule_managed(obj);
+    if (managed == nullptr)
+        value_error("expected unconsumed DLPack capsules named 'dltensor' (torch.utils.dlpack.to_dlpack)");
+    const DLTensor& t = managed->dl_tensor;
+    ByteBuffer bytes;
+    if (!cpu_bytes(t, &bytes)) return false;
+    *n = static_cast<int64_t>(bytes.size);
+    *key = int64_t(t.dtype.code) | int64_t(t.dtype.bits) << 8 | int64_t(t.dtype.lanes) << 16;
+    return true;
 }
 
 py::object py_dlpack_pair(py::handle a, py::handle b) {

@@ -62,29 +62,40 @@ inline int64_t contiguous_nbytes(const DLTensor& t) {
     return static_cast<int64_t>(numel * item);
 }
 
-// The tensor of an unconsumed DLPack capsule (the capsule is not consumed: its owner keeps the
+// The managed tensor of an unconsumed DLPack capsule (not consumed here: the capsule's owner keeps the
 // tensor alive), or nullptr when ``obj`` is not one.
-inline const DLTensor* capsule_tensor(py::handle obj) {
+inline DLManagedTensor* capsule_managed(py::handle obj) {
     if (!PyCapsule_CheckExact(obj.ptr()) || !PyCapsule_IsValid(obj.ptr(), kName)) return nullptr;
     auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), kName));
     if (managed == nullptr) throw py::error_already_set();
-    return &managed->dl_tensor;
+    return managed;
 }
 
-// Bytes of a byte buffer argument: a uint8 C-contiguous NumPy array (writeable if asked), or an
-// unconsumed DLPack capsule of a C-contiguous CPU tensor (any element type). ValueError otherwise.
 struct ByteBuffer {
     uint8_t* data;
     uint64_t size;
 };
 
+// The memory of a C-contiguous tensor in CPU memory; false (the caller says what is wrong) for a
+// tensor elsewhere or not C-contiguous, ValueError for a malformed description.
+inline bool cpu_bytes(const DLTensor& t, ByteBuffer* out) {
+    if (t.device.device_type != kDLCPU) return false;
+    const int64_t n = contiguous_nbytes(t);
+    if (n < 0) return false;
+    if (n > 0 && t.data == nullptr) value_error("dlpack tensor of ", n, " bytes without data");
+    *out = {static_cast<uint8_t*>(t.data) + (n > 0 ? t.byte_offset : 0), static_cast<uint64_t>(n)};
+    return true;
+}
+
+// Bytes of a byte buffer argument: a uint8 C-contiguous NumPy array (writeable if asked), or an
+// unconsumed DLPack capsule of a C-contiguous CPU tensor (any element type). ValueError otherwise.
 inline ByteBuffer buffer_arg(py::handle obj, const char* name, bool writeable) {
-    if (const DLTensor* t = capsule_tensor(obj)) {
-        if (t->device.device_type != kDLCPU) value_error(name, ": the tensor is not in CPU memory");
-        const int64_t n = contiguous_nbytes(*t);
-        if (n < 0) value_error(name, ": the tensor is not C-contiguous");
-        if (n > 0 && t->data == nullptr) value_error(name, ": dlpack tensor of ", n, " bytes without data");
-        return {static_cast<uint8_t*>(t->data) + (n > 0 ? t->byte_offset : 0), static_cast<uint64_t>(n)};
+    ByteBuffer b;
+    if (const DLManagedTensor* managed = capsule_managed(obj)) {
+        if (!cpu_bytes(managed->dl_tensor, &b))
+            value_error(name, managed->dl_tensor.device.device_type != kDLCPU ? ": the tensor is not in CPU memory"
+                                                                              : ": the tensor is not C-contiguous");
+        return b;
     }
     py::array a = py::array::ensure(obj);
     if (!a) value_error(name, " must be a uint8 NumPy array or a DLPack capsule of a CPU tensor");
