@@ -14,6 +14,8 @@ out = torch.empty(4, dtype=torch.bfloat16)
 mw.all_gather(out, torch.arange(4, dtype=torch.bfloat16))
 assert out.tolist() == [0.0, 1.0, 2.0, 3.0], out
 print("world", g.size)
+import os
+print("btl env", os.environ.get("OMPI_MCA_btl"))     # MPI's initialization only: not left for child processes
 """
 
 
@@ -32,5 +34,5 @@ def test_singleton_runs_and_leaves_no_segment():
     before = _segments()
     run = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "world 1" in run.stdout
+    assert "world 1" in run.stdout and "btl env None" in run.stdout
     assert _segments() - before == set()

@@ -7,13 +7,19 @@ from .base import CompletedRequest, Request, Transport, wait_all, wait_polling
 def create(kind: str, timeout_s: float) -> Transport:
     """Create the world transport for ``kind`` ('mpi' or 'gloo') from the launcher's environment."""
     if kind == "mpi":
-        if not _mpi_env():
-            # A singleton (no mpirun): Open MPI 5 leaves the 16 MiB backing file of its shared-memory
-            # BTL in /dev/shm after every such run (sm_segment.<host>.<uid>.<job>.0), and one process
-            # has no peer to share memory with. No effect if MPI was initialized already.
-            os.environ.setdefault("OMPI_MCA_btl", "^sm")
-        from .mpi import MPITransport
-        t = MPITransport(None, timeout_s)
+        # A singleton (no mpirun): Open MPI 5 leaves the 16 MiB backing file of its shared-memory BTL
+        # in /dev/shm after every such run (sm_segment.<host>.<uid>.<job>.0), and one process has no
+        # peer to share memory with. Set only for MPI's initialization (in MPITransport), so that
+        # processes this program starts later do not inherit it; no effect if MPI was initialized.
+        no_sm = not _mpi_env() and "OMPI_MCA_btl" not in os.environ
+        if no_sm:
+            os.environ["OMPI_MCA_btl"] = "^sm"
+        try:
+            from .mpi import MPITransport
+            t = MPITransport(None, timeout_s)
+        finally:
+            if no_sm:
+                os.environ.pop("OMPI_MCA_btl", None)
         expected = int(os.environ.get("WORLD_SIZE", t.size))
         if t.size != expected:
             t.close()
