@@ -353,8 +353,7 @@ int64_t py_pack_node_packets(py::array outbox, py::array staging, py::handle sta
         py::array ctrl = py::array::ensure(a[0]);
         if (!ctrl) value_error("signatures: ctrl must be a NumPy array");
         const uint64_t sig_bytes = to_u64(a[2], "signature_bytes", 64), L = to_u64(a[3], "local_size", 64);
-        const uint8_t* sigs = byte_span(ctrl, "ctrl", to_u64(a[1], "signature offset"), L ? 64 * (L - 1) + sig_bytes : 0,
-                                        false);
+        const uint8_t* sigs = signature_slots(ctrl, to_u64(a[1], "signature offset"), sig_bytes, L);
         if (!signatures_agree(sigs, sig_bytes, L)) h.payload_len = h.offset = 0;   // a payload-less packet
     }
     const uint64_t row = static_cast<uint64_t>(outbox.strides(0));

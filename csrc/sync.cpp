@@ -186,8 +186,7 @@ int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target,
     const uint32_t tgt = u32_arg(target, "target"), num = u32_arg(number, "number");
     const uint64_t sig_bytes = to_u64(signature_bytes, "signature_bytes", 64);
     const uint64_t L = to_u64(local_size, "local_size", 64);
-    const uint8_t* sigs = byte_span(ctrl, "ctrl", to_u64(signature_offset, "signature_offset"),
-                                    L ? 64 * (L - 1) + sig_bytes : 0, false);
+    const uint8_t* sigs = signature_slots(ctrl, to_u64(signature_offset, "signature_offset"), sig_bytes, L);
     const uint8_t* from = nullptr;
     uint8_t* to = nullptr;
     uint64_t n = 0;

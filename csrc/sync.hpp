@@ -54,6 +54,12 @@ inline void round_count(uint32_t* w, uint32_t count, uint32_t start, uint32_t en
     if (before < static_cast<int64_t>(end - start) && end - start <= landed) futex_wake_all(w);
 }
 
+// The ``L`` 64-byte signature slots at byte ``offset`` of ``ctrl`` whose first ``sig_bytes`` are compared,
+// bounds-checked.
+inline const uint8_t* signature_slots(py::array& ctrl, uint64_t offset, uint64_t sig_bytes, uint64_t L) {
+    return byte_span(ctrl, "ctrl", offset, L ? 64 * (L - 1) + sig_bytes : 0, false);
+}
+
 // True when the first ``sig_bytes`` of the ``L`` 64-byte signature slots at ``sigs`` are equal (the
 // local ranks of a round called the same operation with the same arguments).
 inline bool signatures_agree(const uint8_t* sigs, uint64_t sig_bytes, uint64_t L) {

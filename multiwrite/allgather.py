@@ -50,9 +50,7 @@ def all_gather(out, x, *, group=None, mode=None):
             if out_bytes == g.size * c and small_path(g.size, c):
                 plan = _SmallPlan.get(g, c)
                 if not plan.relays:
-                    seq = g.next_seq()
-                    _all_gather_small(g, plan, co, cx, seq, tag_for(OP, seq), OP + 256 * _dtypes.code(dtype),
-                                      f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)")
+                    _all_gather_small(g, plan, co, cx, *_next_call(g, c, dtype))
                     return out
     dtype = _tensors.dtype_name(x)
     if _tensors.dtype_name(out) != dtype:
@@ -73,10 +71,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     P, c, r = g.size, src.nbytes, g.rank
     if out.nbytes != P * c:
         raise ValueError(f"all_gather: output has {out.nbytes} bytes, expected {P} x {c}")
-    seq = g.next_seq()
-    tag = tag_for(OP, seq)
-    window_id = OP + 256 * _dtypes.code(dtype)       # the dtype travels in every header
-    what = f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)"
+    seq, tag, window_id, what = _next_call(g, c, dtype)
     unicast = mode == "unicast"
     if not unicast and small_path(P, c):
         return _all_gather_small(g, _SmallPlan.get(g, c), out, src, seq, tag, window_id, what)
@@ -158,6 +153,14 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         g.node_sync_each(what, error, copy_relayed)
     if TRACE is not None: TRACE.append(("synced_copied", _pc()))
     return out
+
+
+def _next_call(g, c, dtype):
+    """(seq, tag, window id, description) of this rank's next all_gather of ``c`` bytes of ``dtype``
+    per rank; the dtype travels in every header's window id."""
+    seq = g.next_seq()
+    return (seq, tag_for(OP, seq), OP + 256 * _dtypes.code(dtype),
+            f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)")
 
 
 def _bytes_of(out):
