@@ -5,8 +5,8 @@
 #
 #   bash scripts/bench_results.sh            # about 6 minutes on 2 cores; needs root + iproute2
 #   OUT=/tmp/res bash scripts/bench_results.sh
-#   TCP_CC=inherit OUT=/tmp/res bash scripts/bench_results.sh   # the host's TCP congestion control
-#                                                               # instead of cubic (see launch/vcluster --help)
+#   TCP_CC=inherit OUT=/tmp/res bash scripts/bench_results.sh   # the nodes keep a new namespace's TCP
+#                       # congestion control instead of auto (cubic where allowed, else reno; launch/vcluster --help)
 #
 # Writes, for each run NAME: NAME.json (every row and iteration), NAME.png (latency vs size, bound
 # dashed) and NAME.txt (the tables, the exact command, the host's load average before and after).
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/results}
 PY=${PYTHON:-python3}
-TCP_CC=${TCP_CC:-cubic}
+TCP_CC=${TCP_CC:-auto}
 mkdir -p "$OUT"
 
 run() {   # run NAME BENCH-ARGS...

@@ -4,7 +4,7 @@
 #
 #   scripts/bench_vcluster.sh [--nodes 2] [--ranks-per-node 4] [--rate 1gbit] [--delay 100us]
 #                             [--launcher mpirun|torchrun] [--timeout 3600] [--delay-line auto|c|python]
-#                             [--tcp-congestion cubic|bbr|inherit|...]
+#                             [--tcp-congestion auto|cubic|reno|bbr|inherit|...]
 #                             -- <bench args>
 #
 #   scripts/bench_vcluster.sh -- all -b 4K -e 4M --json docs/results/all.json --plot docs/results/all.png
@@ -12,7 +12,8 @@
 #   MW_MODULE=multiwrite.stress scripts/bench_vcluster.sh -- --duration 5m
 # --timeout (seconds, default 3600) ends the whole run: a 30-minute stress also needs its warm-up
 # prologue and summary inside it. --delay-line: see launch/vcluster --help (default auto: the C line).
-# --tcp-congestion: the nodes' TCP congestion control (default cubic; inherit = the host's).
+# --tcp-congestion: the nodes' TCP congestion control (default auto: cubic where a network namespace may
+# select it, else reno; inherit = what a new namespace starts with; see launch/vcluster --help).
 #
 # Open MPI is given --bind-to none (8 ranks may share 2 cores) and mpi_yield_when_idle with the
 # nanosleep yield strategy: a rank waiting in a blocking MPI call (MPI's own Allgather/Alltoallv)
@@ -21,7 +22,7 @@
 # PYTHON (default python3) runs the module; MW_MODULE (default multiwrite.bench) picks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=3600 DELAY_LINE=auto TCP_CC=cubic
+NODES=2 L=4 RATE=1gbit DELAY=100us LAUNCHER=mpirun TIMEOUT=3600 DELAY_LINE=auto TCP_CC=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;

@@ -151,19 +151,66 @@ def test_env_and_tc_config_both_sides():
         assert len(lines) == 2 and all("rate 50Mbit" in ln for ln in lines), explain(p)   # node + switch
 
 
+def test_tcp_congestion_choice():
+    """The choice logic on made-up kernels: auto prefers cubic, falls back to reno, then to the
+    namespace's own; a name is checked against what a namespace may select, not what the kernel has."""
+    m = _load_module()
+    choose = m.choose_tcp_cc
+    assert choose("auto", ["reno", "cubic", "bbr"], ["reno", "cubic", "bbr"], "bbr") == ("cubic", None)
+    name, note = choose("auto", ["reno", "bbr"], ["reno", "bbr", "cubic"], "bbr")
+    assert name == "reno" and "cubic not allowed" in note and "allowed: reno bbr" in note
+    name, note = choose("auto", ["bbr"], ["bbr", "cubic"], "bbr")
+    assert name == "bbr" and "kept the namespace's own" in note
+    assert choose("inherit", ["reno"], ["reno", "cubic"], "bbr") == ("bbr", "inherited")
+    assert choose("bbr", ["reno", "bbr"], ["reno", "bbr", "cubic"], "reno") == ("bbr", None)
+    with pytest.raises(m.VClusterError) as e:
+        choose("cubic", ["reno", "bbr"], ["reno", "bbr", "cubic"], "bbr")
+    msg = str(e.value)
+    assert "may not select it" in msg and "allowed: reno bbr" in msg and "available: reno bbr cubic" in msg
+    assert "tcp_allowed_congestion_control='reno bbr cubic'" in msg
+    with pytest.raises(m.VClusterError) as e:
+        choose("nosuchcc", ["reno"], ["reno", "cubic"], "reno")
+    assert "no such congestion control" in str(e.value) and "available: reno cubic" in str(e.value)
+
+
+def _namespace_tcp_lists():
+    """(allowed, available) as a new network namespace reads them (the kernel's real answer)."""
+    ns = f"t{os.getpid() % 100000}cc"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                              "cat /proc/sys/net/ipv4/tcp_allowed_congestion_control "
+                              "/proc/sys/net/ipv4/tcp_available_congestion_control"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=20)
+    return out[0].split(), out[1].split()
+
+
 @vcl
 def test_tcp_congestion_control_set_in_every_node():
-    """--tcp-congestion reaches every node namespace and the command's environment; the default is
-    cubic whatever the host uses; an unknown algorithm is a clear error (and nothing is left behind)."""
+    """What the nodes get follows what this kernel lets a namespace select: auto is the first allowed of
+    cubic, reno; every allowed name asked for reaches every node and the command's environment; an
+    available-but-refused name and an unknown name are errors that say which (nothing left behind)."""
+    allowed, available = _namespace_tcp_lists()
+    assert "reno" in allowed, (allowed, available)        # reno is built in and never restricted
+    auto = next(n for n in ("cubic", "reno") if n in allowed)
     script = 'echo "CC $(cat /proc/sys/net/ipv4/tcp_congestion_control) $MULTIWRITE_VCLUSTER_TCP_CC"'
-    for flag, want in ((["--tcp-congestion", "reno"], "reno"), ([], "cubic")):
+    cases = [([], auto), (["--tcp-congestion", "auto"], auto)]
+    cases += [(["--tcp-congestion", name], name) for name in allowed[:3]]
+    for flag, want in cases:
         p = vc(["--nodes", "2", "--timeout", "60"] + flag, ["sh", "-c", script], prefix=new_prefix("t"))
         assert p.returncode == 0, explain(p)
         for i in (0, 1):
             assert f"[n{i}] CC {want} {want}" in p.stdout, explain(p)
-    prefix = new_prefix("t")
-    p = vc(["--nodes", "2", "--timeout", "60", "--tcp-congestion", "nosuchcc"], ["true"], prefix=prefix)
-    assert p.returncode != 0 and "--tcp-congestion nosuchcc: this kernel does not have it" in p.stderr, explain(p)
+        assert f"TCP congestion control {want}" in p.stderr, explain(p)
+    refused = [n for n in available if n not in allowed]
+    for name in refused[:1]:          # only on kernels that restrict namespaces (e.g. cubic not allowed)
+        p = vc(["--nodes", "2", "--timeout", "60", "--tcp-congestion", name], ["true"], prefix=new_prefix("t"))
+        assert p.returncode != 0 and "may not select it" in p.stderr, explain(p)
+        assert f"allowed: {' '.join(allowed)}" in p.stderr, explain(p)
+    p = vc(["--nodes", "2", "--timeout", "60", "--tcp-congestion", "nosuchcc"], ["true"], prefix=new_prefix("t"))
+    assert p.returncode != 0 and "--tcp-congestion nosuchcc: the kernel has no such" in p.stderr, explain(p)
 
 
 # ------------------------------------------------------------------------------------------------------
