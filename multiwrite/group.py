@@ -435,15 +435,25 @@ class Group:
         name_slot = self.ctrl[_NAME_OFF:_NAME_OFF + _NAME_LEN]
         created = None
         try:
+            failure = None
             if self.topo.rank == self.topo.leader:
                 created = shm.Segment.new_name()
-                new = shm.Segment(created, size, create=True)
-                raw = created.encode()
+                try:
+                    new = shm.Segment(created, size, create=True)
+                    raw = created.encode()
+                except (OSError, MultiwriteError) as e:      # the node's peers read why, not a timeout
+                    failure = e
+                    raw = b"!" + str(e).encode()[:_NAME_LEN - 2]
                 name_slot[:] = 0
                 name_slot[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
             self.node_barrier(f"growing shared buffer '{name}'")
+            if failure is not None:
+                raise failure
             if created is None:
                 seg_name = bytes(name_slot).rstrip(b"\0").decode()
+                if seg_name.startswith("!"):
+                    raise MultiwriteError(f"growing shared buffer '{name}' to {size} bytes failed on this "
+                                          f"node's leader: {seg_name[1:]}")
                 new = shm.Segment(seg_name, size, create=False)
             self.node_barrier(f"growing shared buffer '{name}'")
         finally:

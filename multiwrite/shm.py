@@ -12,8 +12,29 @@ import time
 
 import numpy as np
 
+from .errors import MultiwriteError
+
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "multiwrite-"
+
+
+def check_space(nbytes):
+    """Raise a MultiwriteError that says what to do when SHM_DIR cannot hold ``nbytes`` more bytes.
+
+    tmpfs accepts a segment larger than its free space (ftruncate succeeds) and the process dies of
+    SIGBUS when it touches the missing pages, so the space is checked before creating. Containers
+    often have a small /dev/shm (Docker: 64 MiB)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError as e:
+        raise MultiwriteError(f"no shared memory directory {SHM_DIR} ({e.strerror}): multiwrite needs POSIX "
+                              f"shared memory (a tmpfs at {SHM_DIR}) for the ranks of a node") from None
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise MultiwriteError(
+            f"{SHM_DIR} has {free / 2**20:.1f} MiB free, but this node needs a shared segment of "
+            f"{nbytes / 2**20:.1f} MiB (windows and staging buffers of the node's ranks): enlarge it "
+            f"(docker run --shm-size=4g, or mount -o remount,size=4G {SHM_DIR}) or free space in it")
 
 
 class Segment:
@@ -23,6 +44,8 @@ class Segment:
         self.name, self.nbytes = name, nbytes
         path = os.path.join(SHM_DIR, name)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        if create:
+            check_space(nbytes)
         fd = os.open(path, flags, 0o600)
         try:
             if create:
@@ -94,13 +117,22 @@ def create_node_segments(transport, topo, sizes):
 
     Returns this rank's mappings. Uses two control allgathers (names out, then 'mapped' back).
     """
-    names = None
-    mine = []
+    names, failure, mine = None, None, []
     try:
         if topo.rank == topo.leader:
             names = [Segment.new_name() for _ in sizes]
-            mine = [Segment(n, s, create=True) for n, s in zip(names, sizes)]
-        all_names = transport.allgather_obj(names)
+            try:
+                for n, s in zip(names, sizes):
+                    mine.append(Segment(n, s, create=True))
+            except (OSError, MultiwriteError) as e:
+                failure = f"rank {topo.rank} (node leader): {e}"
+        all_names = transport.allgather_obj(failure or names)
+        # A node that could not create its segments fails every rank at once, not by a timeout
+        failed = [x for x in all_names if isinstance(x, str)]
+        if failed:
+            for seg in mine:
+                seg.close()
+            raise MultiwriteError(f"creating node shared memory failed: {failed[0]}")
         if topo.rank != topo.leader:
             mine = [Segment(n, s, create=False) for n, s in zip(all_names[topo.leader], sizes)]
         transport.barrier()  # every rank of every node has mapped its segments

@@ -3,6 +3,7 @@
 Used by the multi-process tests: each returns (returncode, combined output); a run that exceeds its
 timeout is killed (whole process group) and reported as a failure, so a hang can never stall CI.
 """
+import functools
 import os
 import shutil
 import signal
@@ -13,6 +14,51 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LAUNCHERS = ("mpirun", "torchrun")
+
+
+#: Set by .ci/run on root machines: a virtual-cluster test that cannot run there fails instead of skipping.
+REQUIRE_VCLUSTER = os.environ.get("MULTIWRITE_TESTS_REQUIRE_VCLUSTER") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def vcluster_unavailable():
+    """Why this machine cannot build a virtual cluster (launch/vcluster), or None when it can: root,
+    iproute2 and util-linux, and a network namespace that can really be created (root inside a
+    container without CAP_SYS_ADMIN cannot)."""
+    if os.geteuid() != 0:
+        return "the virtual cluster needs root (network namespaces): run as root"
+    missing = [t for t in ("ip", "tc", "unshare") if shutil.which(t) is None
+               and not any(os.access(os.path.join(d, t), os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))]
+    if missing:
+        return f"the virtual cluster needs {' '.join(missing)} (apt-get install -y iproute2 util-linux)"
+    probe = f"mwprobe{os.getpid()}"
+    try:
+        p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=20)
+        if p.returncode != 0:
+            return f"this machine does not let root create network namespaces: {p.stderr.strip()}"
+        p = subprocess.run(["ip", "netns", "exec", probe, "unshare", "--uts", "true"], capture_output=True,
+                           text=True, timeout=20)
+        if p.returncode != 0:
+            return f"this machine does not let root create UTS namespaces: {p.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=20)
+    return None
+
+
+def needs_vcluster(test):
+    """Decorator: skip ``test`` with the reason when no virtual cluster can be built here; under
+    MULTIWRITE_TESTS_REQUIRE_VCLUSTER=1 (CI on root machines) fail with it instead."""
+    import pytest
+    reason = vcluster_unavailable()
+    if reason is None:
+        return test
+    if not REQUIRE_VCLUSTER:
+        return pytest.mark.skip(reason=reason)(test)
+
+    @functools.wraps(test)
+    def fail(*args, **kwargs):
+        pytest.fail(f"MULTIWRITE_TESTS_REQUIRE_VCLUSTER=1 but no virtual cluster here: {reason}")
+    return fail
 
 
 def free_port():

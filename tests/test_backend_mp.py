@@ -101,11 +101,7 @@ def test_example_ddp(launcher):
     assert "bitwise equal = True" in out
 
 
-_VC_TOOLS = [t for t in ("ip", "tc", "unshare") if shutil.which(t) is None
-             and not any(os.access(os.path.join(d, t), os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))]
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or bool(_VC_TOOLS), reason="vcluster needs root and iproute2/util-linux")
+@_launch.needs_vcluster
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_example_ddp_vcluster(launcher):
     _skip_missing(launcher)

@@ -16,21 +16,14 @@ import time
 
 import pytest
 
+import _launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VC = os.path.join(ROOT, "launch", "vcluster")
 PROGS = os.path.join(ROOT, "tests", "vcluster_progs")
 PY = sys.executable
 
-_missing = [t for t in ("ip", "tc", "unshare") if shutil.which(t) is None
-            and not any(os.access(os.path.join(d, t), os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))]
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="vcluster needs root (network namespaces)")
-needs_tools = pytest.mark.skipif(bool(_missing), reason=f"missing tools: {' '.join(_missing)} "
-                                 "(apt-get install -y iproute2 util-linux)")
-
-
-def vcl(f):
-    """Marks a test that builds a virtual cluster."""
-    return needs_root(needs_tools(f))
+vcl = _launch.needs_vcluster          # marks a test that builds a virtual cluster
 
 
 _counter = [0]
@@ -149,6 +142,19 @@ def test_env_and_tc_config_both_sides():
     for i in (0, 1):
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith(f"[n{i}] class htb")]
         assert len(lines) == 2 and all("rate 50Mbit" in ln for ln in lines), explain(p)   # node + switch
+
+
+def test_failure_hints():
+    """A failed ip/tc command on a host without a kernel feature or privilege says what to do."""
+    m = _load_module()
+    hint = m.failure_hint(["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb"],
+                          "Error: Specified qdisc kind is unknown.")
+    assert "modprobe sch_htb" in hint
+    assert "modprobe veth" in m.failure_hint(["ip", "link", "add", "x", "type", "veth"],
+                                             "Error: Unknown device type.")
+    assert "CAP_SYS_ADMIN" in m.failure_hint(["ip", "netns", "add", "x"],
+                                             "mount --make-shared /run/netns failed: Operation not permitted")
+    assert m.failure_hint(["ip", "link", "set", "x", "up"], "Cannot find device") is None
 
 
 def test_tcp_congestion_choice():

@@ -4,7 +4,7 @@ separate network namespaces, tc-shaped 1 Gbit/s links, under mpirun and torchrun
 Checks that the ranks find the real nodes (no emulation), that the bound comes from the cluster's
 link parameters, that every implementation's result is right (#wrong == 0), that MultiWrite sends no
 more than unicast, that the NIC counters saw the traffic, and that the cluster is torn down.
-Skipped (with the reason) when not root or when iproute2 / util-linux are missing.
+Skipped (with the reason) when no virtual cluster can be built here (_launch.needs_vcluster).
 """
 import importlib
 import json
@@ -15,16 +15,10 @@ import sys
 
 import pytest
 
+import _launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VC = os.path.join(ROOT, "launch", "vcluster")
-
-_missing = [t for t in ("ip", "tc", "unshare") if shutil.which(t) is None
-            and not any(os.access(os.path.join(d, t), os.X_OK) for d in ("/usr/sbin", "/sbin", "/usr/bin"))]
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the virtual cluster needs root (network namespaces): run as root"),
-    pytest.mark.skipif(bool(_missing), reason=f"the virtual cluster needs {' '.join(_missing)} "
-                                             "(apt-get install -y iproute2 util-linux)"),
-]
 
 BENCH = ["all", "-b", "4K", "-e", "16K", "-f", "4", "-E", "8", "-k", "2", "-H", "128", "-T", "16",
          "-n", "3", "-w", "1", "-q"]
@@ -64,6 +58,7 @@ def _vcluster_command(launcher, prefix, timeout):
     return cmd
 
 
+@_launch.needs_vcluster
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_bench_on_virtual_cluster(tmp_path, launcher):
     prefix = f"smk{os.getpid() % 10000}{launcher[0]}"
@@ -102,6 +97,7 @@ def test_bench_on_virtual_cluster(tmp_path, launcher):
         assert r["inter_node_bytes"] == want, r
 
 
+@_launch.needs_vcluster
 def test_stress_on_virtual_cluster(tmp_path):
     """A short stress run (every op verified) on 2 x 2 real nodes under mpirun: its warm-up prologue
     sends dispatch packets above Open MPI's eager limit over TCP, where a rank that stops calling into
