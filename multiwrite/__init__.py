@@ -2,7 +2,7 @@
 
 A MultiWrite delivers one payload to a set of ranks while crossing each node's network link once per
 receiving node; relays replicate it through shared memory on the far side. See README.md and
-DESIGN.md for semantics; the public API:
+docs/design.md for semantics; the public API:
 
     mw.init() / mw.finalize()          default group from mpirun (MPI) or torchrun (Gloo)
     mw.topology()                      rank, world_size, node, num_nodes, local_rank, local_size

@@ -2,7 +2,7 @@
 for what they share): SPMD setup of the three communication stacks, interleaved timing, checking,
 the physical bound, tables, JSON and plots.
 
-Conventions (DESIGN.md section 8):
+Conventions (docs/benchmarks.md, "Method"):
 
 * every implementation runs on the same data in the same run, interleaved A B D C, B C A D, ... (a
   balanced order: each implementation follows each other equally often; ``--order fixed``); every

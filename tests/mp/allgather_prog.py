@@ -42,7 +42,7 @@ def _small_aggregated(topo, c):
 
 
 def check_bytes(c, mode):
-    """Sum this node's inter-node bytes and compare with DESIGN.md section 2 (+64 B header/packet)."""
+    """Sum this node's inter-node bytes and compare with the cost model of docs/design.md section 4 (+64 B header/packet)."""
     topo = mw.topology()
     g = mw.default_group()
     st = mw.stats()
