@@ -1,9 +1,18 @@
-"""Environment settings (read once per group creation, so tests can change them between groups)."""
+"""Environment settings (read when a group is created, so tests can change them between groups).
+
+Every ``MULTIWRITE_*`` value is validated where it is read: a bad one raises ValueError naming the
+variable and what it must be. Settings that must be equal on every rank (``AGREED``) are compared
+across ranks when a group is created (see ``agreed`` and ``check_agreement``).
+"""
+import math
 import os
 
 MODES = ("multiwrite", "unicast")
 TRANSPORTS = ("mpi", "gloo")
 DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_PIECE_KIB = 2048
+DEFAULT_SPIN_US = 50.0
+DEFAULT_SLEEP_MAX_US = 50.0
 
 
 def mode() -> str:
@@ -23,25 +32,35 @@ def check_mode(value):
     return value
 
 
-def timeout_s() -> float:
-    """MULTIWRITE_TIMEOUT (seconds): how long any wait on a peer may take before a timeout error."""
-    raw = os.environ.get("MULTIWRITE_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+def _number(name, raw, minimum, *, inclusive=True):
+    """``raw`` as a finite float >= ``minimum`` (> with ``inclusive`` False); ValueError naming ``name``."""
     try:
         value = float(raw)
-    except ValueError:
-        raise ValueError(f"MULTIWRITE_TIMEOUT={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"MULTIWRITE_TIMEOUT={raw!r} must be > 0")
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={raw!r} must be a finite number")
+    if value < minimum or (not inclusive and value == minimum):
+        raise ValueError(f"{name}={raw!r} must be {'>=' if inclusive else '>'} {minimum:g}")
     return value
 
 
-DEFAULT_PIECE_KIB = 2048
+def check_timeout(value, name="timeout"):
+    """A timeout in seconds: finite and > 0 (NaN or inf would let a wait hang forever)."""
+    return _number(name, value, 0.0, inclusive=False)
+
+
+def timeout_s() -> float:
+    """MULTIWRITE_TIMEOUT (seconds, finite, > 0): how long any wait on a peer may take before a
+    timeout error."""
+    raw = os.environ.get("MULTIWRITE_TIMEOUT", "")
+    return DEFAULT_TIMEOUT_S if raw.strip() == "" else check_timeout(raw, "MULTIWRITE_TIMEOUT")
 
 
 def _int_setting(name, minimum, default=None):
     """Integer environment setting ``name`` (>= ``minimum``), or ``default`` when unset or empty."""
     raw = os.environ.get(name)
-    if raw in (None, ""):
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw)
@@ -63,6 +82,20 @@ def ranks_per_node():
     return _int_setting("MULTIWRITE_RANKS_PER_NODE", 1)
 
 
+def spin_s() -> float:
+    """MULTIWRITE_SPIN_US (µs, >= 0, default 50): polling without sleeping before a wait sleeps."""
+    raw = os.environ.get("MULTIWRITE_SPIN_US", "")
+    return (DEFAULT_SPIN_US if raw.strip() == "" else _number("MULTIWRITE_SPIN_US", raw, 0.0)) * 1e-6
+
+
+def sleep_max_s() -> float:
+    """MULTIWRITE_SLEEP_MAX_US (µs, > 0, default 50): the longest sleep between two polls of a wait."""
+    raw = os.environ.get("MULTIWRITE_SLEEP_MAX_US", "")
+    value = DEFAULT_SLEEP_MAX_US if raw.strip() == "" else _number("MULTIWRITE_SLEEP_MAX_US", raw, 0.0,
+                                                                      inclusive=False)
+    return value * 1e-6
+
+
 def launched_by_mpi() -> bool:
     return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"))
 
@@ -72,13 +105,8 @@ def launched_by_torchrun() -> bool:
         "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ and "RANK" in os.environ)
 
 
-def transport() -> str:
-    """MULTIWRITE_TRANSPORT=mpi|gloo, else what the launcher implies (mpirun -> mpi, torchrun -> gloo)."""
-    value = os.environ.get("MULTIWRITE_TRANSPORT", "").strip().lower()
-    if value:
-        if value not in TRANSPORTS:
-            raise ValueError(f"MULTIWRITE_TRANSPORT={value!r}: expected one of {TRANSPORTS}")
-        return value
+def launcher_transport() -> str:
+    """The transport the launcher implies: torchrun -> gloo, mpirun (or no launcher) -> mpi."""
     if "TORCHELASTIC_RUN_ID" in os.environ:      # torchrun itself
         return "gloo"
     if launched_by_mpi():                        # before MASTER_ADDR: multiwrite sets it under mpirun too
@@ -86,3 +114,72 @@ def transport() -> str:
     if launched_by_torchrun():
         return "gloo"
     return "mpi"
+
+
+def transport() -> str:
+    """MULTIWRITE_TRANSPORT=mpi|gloo, else what the launcher implies (mpirun -> mpi, torchrun -> gloo)."""
+    value = os.environ.get("MULTIWRITE_TRANSPORT", "").strip().lower()
+    if value:
+        if value not in TRANSPORTS:
+            raise ValueError(f"MULTIWRITE_TRANSPORT={value!r}: expected one of {TRANSPORTS}")
+        return value
+    return launcher_transport()
+
+
+def local_state(kind=None, timeout=None):
+    """This rank's start-up state, without raising: (transport kind, timeout in seconds, the state every
+    rank compares, the first settings error or None). With an error, the kind and timeout fall back to
+    the launcher's and the default, so that this rank can still tell the others why it cannot start
+    (they raise at once instead of waiting for it until their timeout)."""
+    error = None
+    try:
+        kind = kind or transport()
+    except ValueError as e:
+        kind, error = launcher_transport(), e
+    try:
+        seconds = check_timeout(timeout) if timeout is not None else timeout_s()
+    except ValueError as e:
+        seconds, error = DEFAULT_TIMEOUT_S, error or e
+    values = None
+    if error is None:
+        try:
+            validate_all()
+            values = agreed()
+        except ValueError as e:
+            error = e
+    return kind, seconds, (kind, values, None if error is None else str(error)), error
+
+
+def validate_all():
+    """Read and validate every setting that is read per group (raises ValueError naming the first bad
+    one), and apply the polling settings to the transports' waits."""
+    from .transport import base
+    transport(), mode(), timeout_s(), piece_bytes(), ranks_per_node()
+    base.configure_polling(spin_s(), sleep_max_s())
+
+
+#: Settings every rank of a group must agree on: (environment variable, reader).
+AGREED = (("MULTIWRITE_RANKS_PER_NODE", ranks_per_node), ("MULTIWRITE_PIECE_KIB", lambda: piece_bytes() >> 10),
+          ("MULTIWRITE_MODE", mode))
+
+
+def agreed():
+    """This rank's values of the AGREED settings, as a tuple (compared across ranks at group creation)."""
+    return tuple(read() for _, read in AGREED)
+
+
+def disagreement(values_by_rank):
+    """The message naming the first AGREED setting whose values differ across ranks (``values_by_rank[r]``
+    is rank r's ``agreed()``), or None when every rank agrees."""
+    for i, (name, _) in enumerate(AGREED):
+        seen = {}
+        for r, values in enumerate(values_by_rank):
+            seen.setdefault(values[i], []).append(r)
+        if len(seen) > 1:
+            parts = "; ".join(f"{'unset' if v is None else v} on rank(s) {_ranks(rs)}" for v, rs in seen.items())
+            return f"{name} must be the same on every rank, but it is {parts}"
+    return None
+
+
+def _ranks(ranks):
+    return ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{', '.join(map(str, ranks[:8]))}, ..."

@@ -17,6 +17,9 @@ WIN_COMBINE = 3
 WIN_BROADCAST = 4
 WIN_ALLTOALL = 5
 USER_WINDOW_BASE = 1 << 16     # operator ids are op + 256 * dtype code, below this
+#: Largest payload of an unexpected length that a receive drains (exact-size transports need a buffer
+#: of the message's size; the length comes from the peer, so the allocation is bounded).
+DRAIN_LIMIT = 64 << 20
 
 
 _OP_NAMES = {WIN_ALLGATHER: "all_gather", WIN_DISPATCH: "dispatch", WIN_COMBINE: "combine",
@@ -96,7 +99,6 @@ class PacketRecv:
         self.payload_req = None if group.transport.exact_size_recv else group.recv(payload, src, tag)
 
     def wait(self, timeout_s, what=""):
-        import time
         deadline = time.monotonic() + timeout_s
         self.header_req.wait(timeout_s, what)
         if self.payload_req is None:
@@ -104,13 +106,13 @@ class PacketRecv:
         self.payload_req.wait(max(deadline - time.monotonic(), 1e-3), what)
 
     def _post_payload(self, deadline, what):
-        import time
-        sent = int(self.header[32:40].view(np.uint64)[0])
+        info = _core.parse_header(self.header)    # a corrupt header is a PacketError, never a drain
+        sent = info["payload_len"]
         if sent != self.payload.nbytes:
-            _core.parse_header(self.header)    # a corrupt header is a PacketError, not a drain
-            if sent <= 1 << 34:
-                scratch = np.empty(sent, dtype=np.uint8)
-                self.group.recv(scratch, self.src, self.tag).wait(max(deadline - time.monotonic(), 1e-3), what)
+            # Drain the payload (bounded: the length comes from the peer) so that it does not stay queued
+            drain = self.group.transport.drain(self.src, self.tag, sent, DRAIN_LIMIT) if sent else None
+            if drain is not None:
+                drain.wait(max(deadline - time.monotonic(), 1e-3), what)
             raise MismatchError(f"{what or self.what}: rank {self.src} sent {sent} bytes, this rank expects "
                                 f"{self.payload.nbytes} (sizes differ across ranks)")
         self.payload_req = self.group.recv(self.payload, self.src, self.tag)
@@ -120,7 +122,6 @@ class PacketRecv:
         payload receive is posted here once the header is in (a wrong length is drained, which may
         block up to ``timeout_s``, and raised as in ``wait``). Gloo's requests complete only inside
         ``wait``: poll this on transports whose ``test`` makes progress (MPI)."""
-        import time
         if not self.header_req.test():
             return False
         if self.payload_req is None:
@@ -228,14 +229,15 @@ def send(g, header, payload, dst, tag, *, window_id, seq, dest_bitmap, offset=0)
 
 
 def wait_checked(g, requests, what):
-    """Wait; a transport error on a payload (message longer than expected) is a size mismatch."""
+    """Wait for receives. The transports report a message longer than expected as a MismatchError, a
+    peer that is gone as a PeerFailure and a timeout as a MultiwriteTimeout; anything else is a
+    transport failure, not a mismatch."""
     try:
         g.wait_all(requests, what)
     except MultiwriteError:
         raise
-    except Exception as exc:  # MPI truncation, Gloo size errors
-        raise MismatchError(f"{what}: a peer's message does not fit what this rank expects "
-                            f"(sizes differ across ranks?): {exc}") from exc
+    except Exception as exc:
+        raise MultiwriteError(f"{what}: the transport failed: {exc}") from exc
 
 
 def _first_error(error, step):

@@ -61,6 +61,21 @@ def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=
     return dst.commit()
 
 
+def _agree_on_splits(g, what, send_bytes, recv_bytes):
+    """Every rank learns every rank's split sizes (one small control allgather) and raises the same
+    MismatchError when what some rank sends to another differs from what that one expects: a
+    disagreement fails every rank of the group, not only the ranks of the pairs that disagree."""
+    P = g.size
+    table = g.allgather_int64(np.concatenate([send_bytes, recv_bytes]).astype(np.int64), what)
+    sends, expects = table[:, :P], table[:, P:]
+    bad = np.argwhere(sends != expects.T)           # (s, d): s sends d other than d expects from s
+    if len(bad):
+        pairs = ", ".join(f"rank {s} sends rank {d} {int(sends[s, d])} bytes, rank {d} expects "
+                          f"{int(expects[d, s])}" for s, d in bad[:4])
+        more = f" (and {len(bad) - 4} more pairs)" if len(bad) > 4 else ""
+        raise MismatchError(f"{what}: split sizes differ across ranks: {pairs}{more}")
+
+
 def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8"):
     """Byte-level AlltoAll: ``src[soff[d]:soff[d] + send_bytes[d]]`` goes to rank d, and rank s's chunk
     lands at ``out[roff[s]:roff[s] + recv_bytes[s]]``."""
@@ -75,6 +90,7 @@ def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8"):
     tag = tag_for(OP, seq)
     window_id = OP + 256 * _dtypes.code(dtype)
     what = f"all_to_all (call #{seq}, {int(soff[-1])} bytes of {dtype} out, {int(roff[-1])} in)"
+    _agree_on_splits(g, what, send_bytes, recv_bytes)
     # Intra-node chunks go through one slot per (source, destination) local pair, sized by the node's
     # largest such chunk (node_agree shares it).
     local_max = max([send_bytes[d] for d in topo.local_ranks if d != r] + [0])

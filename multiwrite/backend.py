@@ -47,7 +47,6 @@ import atexit
 import contextlib
 import datetime
 import os
-import socket
 import threading
 import weakref
 import zlib
@@ -100,61 +99,20 @@ def _set_env_from_mpi_launcher():
 _mpi_state = {"done": False}
 
 
-def _ipv4_interfaces():
-    """[(address, netmask)] of this host's (namespace's) IPv4 interfaces, loopback excluded."""
-    out = []
-    try:
-        import fcntl
-        import struct
-        for _, name in socket.if_nameindex():
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                req = struct.pack("256s", name.encode()[:15])
-                try:
-                    addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])   # SIOCGIFADDR
-                    mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891B, req)[20:24])   # SIOCGIFNETMASK
-                except OSError:
-                    continue
-            if not addr.startswith("127."):
-                out.append((addr, mask))
-    except Exception:  # not Linux: fall back to name resolution below
-        pass
-    return out
-
-
-def _ip_int(a):
-    return int.from_bytes(socket.inet_aton(a), "big")
-
-
-def _choose_master_addr(info):
-    """The address of rank 0 (described by ``info``) that this process should connect to."""
-    forced = os.environ.get("MULTIWRITE_MASTER_ADDR")
-    if forced:
-        return forced
-    from .topology import node_key
-    if info["node_key"] == node_key():
-        return "127.0.0.1"
-    mine = _ipv4_interfaces()
-    for addr, _ in info["interfaces"]:
-        for my_addr, my_mask in mine:
-            m = _ip_int(my_mask)
-            if _ip_int(addr) & m == _ip_int(my_addr) & m:
-                return addr
-    if info["host_addr"] and not info["host_addr"].startswith("127."):
-        return info["host_addr"]
-    if info["interfaces"]:
-        return info["interfaces"][0][0]
-    return info["hostname"]
-
-
 def _mpi_rendezvous(url, timeout):
-    """env:// under mpirun without MASTER_ADDR: a TCPStore on rank 0, found through an MPI bcast."""
+    """env:// under mpirun without MASTER_ADDR: a TCPStore on rank 0, found through MPI
+    (transport/rendezvous.py: bound to the address the job uses, keys under a per-job secret prefix)."""
     from urllib.parse import parse_qs, urlparse
     try:
-        from mpi4py import MPI
+        import mpi4py  # noqa: F401
     except ImportError as exc:
         raise RuntimeError("multiwrite: launched by MPI without MASTER_ADDR, so the rendezvous goes "
                            "through MPI, but mpi4py is not installed (pip install mpi4py), or set "
                            "MASTER_ADDR/MASTER_PORT") from exc
+    from .transport import rendezvous
+    from .transport.mpi import init_mpi
+    timeout_s = _timeout_seconds(timeout)
+    MPI = init_mpi(timeout_s)
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     query = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
@@ -162,23 +120,8 @@ def _mpi_rendezvous(url, timeout):
         if name in query and int(query[name]) != mine:
             raise ValueError(f"multiwrite: init_process_group({name}={query[name]}) but MPI says "
                              f"{name}={mine}; under mpirun leave rank/world_size to MPI")
-    timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=300)
-    store, info = None, None
-    if rank == 0:
-        from .topology import node_key
-        port = int(os.environ.get("MASTER_PORT", "0")) if not _mpi_state["done"] else 0
-        store = dist.TCPStore("0.0.0.0", port, size, True, timeout, wait_for_workers=False)
-        hostname = socket.gethostname()
-        try:
-            host_addr = socket.gethostbyname(hostname)
-        except OSError:
-            host_addr = None
-        info = {"port": store.port, "node_key": node_key(), "hostname": hostname,
-                "host_addr": host_addr, "interfaces": _ipv4_interfaces()}
-    info = comm.bcast(info, root=0)
-    addr = "127.0.0.1" if rank == 0 else _choose_master_addr(info)
-    if rank != 0:
-        store = dist.TCPStore(addr, info["port"], size, False, timeout)
+    port = _config._int_setting("MASTER_PORT", 0, 0) if not _mpi_state["done"] else 0
+    store, rank, size, addr, port = rendezvous.mpi_store(timeout_s, port)
     for k, v in (("RANK", rank), ("WORLD_SIZE", size)):
         if k in os.environ and os.environ[k] != str(v):
             raise RuntimeError(f"multiwrite: {k}={os.environ[k]} in the environment, but MPI says {v}")
@@ -189,7 +132,7 @@ def _mpi_rendezvous(url, timeout):
         os.environ.setdefault("LOCAL_RANK", str(local.Get_rank()))
         os.environ.setdefault("LOCAL_WORLD_SIZE", str(local.Get_size()))
         local.Free()
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(info["port"])
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     os.environ.setdefault("MULTIWRITE_TRANSPORT", "mpi")
     _mpi_state["done"] = True
     yield store, rank, size
@@ -432,14 +375,23 @@ if dist is not None:
             self._global_ranks = list(global_ranks) if global_ranks else list(range(size))
             self._group_name = str(group_id)
             self._group_desc = ""
-            timeout_s = _timeout_seconds(timeout)
+            # A bad setting is raised by _agree_through_store, once every rank has seen it
+            try:
+                timeout_s = _timeout_seconds(timeout)
+            except ValueError:
+                timeout_s = _config.DEFAULT_TIMEOUT_S
             self._timeout = datetime.timedelta(seconds=timeout_s)
             from .group import Group
             # Keys of this init only: torchrun's store outlives destroy_process_group, and torch
             # restarts group names at 0 on re-init, so stale keys of a previous session must not match.
             prefix = f"multiwrite/s{_sessions['count']}"
+            try:
+                kind = _transport_kind(rank, size, list(global_ranks or []))
+            except ValueError:
+                kind = "gloo"
+            _agree_through_store(store, f"{prefix}/g{group_id}", rank, size, kind, timeout_s)
             transport = _make_transport(store, rank, size, list(global_ranks or []), group_id, timeout_s,
-                                        prefix + "/transport")
+                                        prefix + "/transport", kind)
             self.mw_group = Group(transport, timeout_s=timeout_s, global_ranks=self._global_ranks or None)
             self.gloo = dist.ProcessGroupGloo(dist.PrefixStore(prefix + "/delegate", store), rank, size,
                                               self._timeout)
@@ -808,8 +760,17 @@ def _transport_kind(rank, size, global_ranks):
     return "mpi" if (world_rank, world_size) == (torch_rank, torch_world) else "gloo"
 
 
-def _make_transport(store, rank, size, global_ranks, group_id, timeout_s, prefix):
-    kind = _transport_kind(rank, size, global_ranks)
+def _agree_through_store(store, prefix, rank, size, kind, timeout_s):
+    """Every rank of the group compares its transport and the settings that must agree (through the
+    group's store, bounded by the timeout) before any transport-specific collective: a rank that
+    differs or has a bad setting makes every rank raise, naming the setting, not a hang or a timeout."""
+    from .transport import rendezvous
+    kind, _, state, error = _config.local_state(kind, timeout_s)
+    rendezvous.store_allgather_agree(dist.PrefixStore(prefix, store), "agree", rank, size, state, timeout_s,
+                                     error, "creating the multiwrite process group")
+
+
+def _make_transport(store, rank, size, global_ranks, group_id, timeout_s, prefix, kind):
     if kind == "gloo":
         from .transport.gloo import GlooTransport
         return GlooTransport(store, rank, size, timeout_s, prefix=prefix)

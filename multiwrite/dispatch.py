@@ -24,7 +24,7 @@ from time import perf_counter as _pc
 
 from . import _core, _dtypes, _packets
 from ._config import check_mode
-from .errors import MismatchError
+from .errors import MismatchError, PeerFailure
 from .group import resolve, tag_for
 
 OP = _packets.WIN_DISPATCH
@@ -465,6 +465,7 @@ def flag_bytes(n):
 
 _FAILED = 15                 # an arrival word at base + _FAILED: the rank that fills the region failed
 _TIMED_OUT = 14              # ... at base + _TIMED_OUT: it timed out waiting for the region's records
+_PEER_GONE = 13              # ... at base + _PEER_GONE: the region's sender is gone (PeerFailure)
 
 
 def _arrival_base(seq):
@@ -477,7 +478,7 @@ def _arrived(word, base):
     """Pieces landed according to an arrival word; -1 if its region failed, -2 if the rank filling
     it timed out (pieces per region stay below _TIMED_OUT: _packets.MAX_PIECES)."""
     d = (int(word) - base) & 0xFFFFFFFF
-    return -1 if d == _FAILED else -2 if d == _TIMED_OUT else d if d < 16 else 0
+    return -1 if d == _FAILED else -2 if d == _TIMED_OUT else -3 if d == _PEER_GONE else d if d < 16 else 0
 
 
 def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, process, relayed, sends=None):
@@ -543,6 +544,8 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
                     fail(MultiwriteTimeout(f"{what}: rank {filler} of this node timed out after {g.timeout_s:g}s "
                                            f"waiting for the records of rank {s} (a peer died, hangs, or did not "
                                            f"call the same operation)") if avail == -2 else
+                         PeerFailure(f"{what}: rank {s} is gone (its connection to rank {filler} of this node "
+                                     f"broke)", rank=s) if avail == -3 else
                          MismatchError(f"{what}: rank {filler} of this node failed to deliver the records of rank {s}"))
             if avail < 0:
                 progressed = True
@@ -580,7 +583,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
                 pending_recv.remove(s)
                 broken.add(s)
                 fail(exc)
-                state = base + _FAILED
+                state = base + (_PEER_GONE if isinstance(exc, PeerFailure) else _FAILED)
             except Exception as exc:  # MPI truncation, Gloo size errors, corrupt headers
                 pending_recv.remove(s)
                 broken.add(s)

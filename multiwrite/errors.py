@@ -15,3 +15,14 @@ class MismatchError(MultiwriteError, ValueError):
 
 class WindowError(MultiwriteError, ValueError):
     """Misuse of a window: out-of-window write, rank outside the group, use after free."""
+
+
+class PeerFailure(MultiwriteError):
+    """A peer is gone: its connection broke or MPI reports it dead (``rank`` names it when known).
+
+    Unlike MismatchError it says nothing about the arguments: the peer died or was killed; unlike
+    MultiwriteTimeout it came at once, from the transport, not from waiting."""
+
+    def __init__(self, message, rank=None):
+        super().__init__(message)
+        self.rank = rank

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _config, _core, shm, topology as _topology
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
 from .stats import Stats
 from .transport import wait_all
 
@@ -58,6 +58,23 @@ class RoundHandle(NamedTuple):
     own_start: int
 
 
+#: What node_sync shares about a failure: the first of these classes the error is an instance of
+#: (its kind is the index + 1), and the class the node's other ranks raise for it (another rank's
+#: rejection of its own arguments is a disagreement between the ranks' calls).
+_SYNC_KINDS = (MultiwriteTimeout, PeerFailure, MismatchError, MultiwriteError, Exception)
+_SYNC_RAISE = (MultiwriteTimeout, PeerFailure, MismatchError, MultiwriteError, MismatchError)
+
+
+def _sync_kind(error):
+    """The kind (1, 2, ...) that shared memory records for ``error``: see _SYNC_KINDS."""
+    return next(i for i, cls in enumerate(_SYNC_KINDS) if isinstance(error, cls)) + 1
+
+
+def _sync_class(kind):
+    """The class a node peer raises for a failure of ``kind`` (MismatchError for unknown kinds)."""
+    return _SYNC_RAISE[kind - 1] if 1 <= kind <= len(_SYNC_RAISE) else MismatchError
+
+
 def _not_arrived(ranks):
     """The part of a timeout message that names the local ranks that never arrived."""
     return f"rank(s) {ranks} of this node did not arrive (died, hang, or called a different operation)"
@@ -67,8 +84,9 @@ class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
     def __init__(self, transport, *, mode=None, timeout_s=None, global_ranks=None):
+        _config.validate_all()
         self.transport = transport
-        self.timeout_s = float(timeout_s if timeout_s is not None else _config.timeout_s())
+        self.timeout_s = _config.check_timeout(timeout_s) if timeout_s is not None else _config.timeout_s()
         self.mode = _config.check_mode(mode)
         self.piece_bytes = _config.piece_bytes()   # see _packets.pieces
         self.topo = _topology.detect(transport, global_ranks)
@@ -231,13 +249,13 @@ class Group:
                 raise failed
 
     def _post_sync_status(self, error):
-        """Write this rank's failure kind (0 none, 1 error, 2 timeout) and message into its slot of the
+        """Write this rank's failure kind (0 none, else see _SYNC_KINDS) and message into its slot of the
         signature bank of the next barrier (the bank alternates, so a fast peer's next sync cannot
         overwrite it while a slow one still reads it). Returns the bank's offset."""
         bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
         slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
         text = str(error).encode()[:56] if error is not None else b""
-        kind = 0 if error is None else 2 if isinstance(error, MultiwriteTimeout) else 1
+        kind = 0 if error is None else _sync_kind(error)
         slot[:8] = np.frombuffer(np.int64(kind).tobytes(), dtype=np.uint8)
         slot[8:] = 0
         slot[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
@@ -251,9 +269,8 @@ class Group:
         if not kind:
             return None
         msg = bytes(other[8:]).rstrip(b"\0").decode(errors="replace")
-        # a peer's timeout is this rank's too (what it waited for will not come): same class
-        return (MultiwriteTimeout if kind == 2 else MismatchError)(
-            f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
+        # the peer's failure is this rank's too (what it waited for will not come): the same class
+        return _sync_class(kind)(f"{what}: rank {self.topo.local_ranks[i]} of this node failed: {msg}...")
 
     def node_sync_each(self, what, error, on_arrival):
         """``node_sync`` that calls ``on_arrival(i)`` for each local rank index ``i`` as soon as that
@@ -363,7 +380,8 @@ class Group:
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
         parity, number = handle.parity, handle.number
-        text = str(error).encode()[:255]
+        # byte 0: the failure's kind (see _SYNC_KINDS), so the node's ranks raise the same class
+        text = bytes([_sync_kind(error)]) + str(error).encode()[:254]
         msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
         msg[:] = 0
         msg[:len(text)] = np.frombuffer(text, dtype=np.uint8)
@@ -397,9 +415,9 @@ class Group:
         if error is not None:
             raise error
         if status == _ROUND_FAILED:
-            msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
-            raise MismatchError(f"{what}: a relay of this node failed: "
-                                f"{bytes(msg).rstrip(bytes(1)).decode(errors='replace')}")
+            msg = bytes(self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)])
+            raise _sync_class(msg[0])(f"{what}: a relay of this node failed: "
+                                      f"{msg[1:].rstrip(bytes(1)).decode(errors='replace')}")
         raise self.round_mismatch(handle, what) or MismatchError(f"{what}: the ranks of node {self.topo.node} "
                                                                  f"called it with different arguments")
 
@@ -550,9 +568,13 @@ def init(transport=None, *, mode=None, timeout=None) -> Group:
     if _default is not None:
         return _default
     from . import transport as _transport
-    timeout_s = float(timeout if timeout is not None else _config.timeout_s())
     if transport is None or isinstance(transport, str):
-        transport = _transport.create(transport or _config.transport(), timeout_s)
+        # A bad setting on this rank is raised after every rank has compared its start-up state, so
+        # that the others raise at once too (transport.create)
+        kind, timeout_s, state, error = _config.local_state(transport, timeout)
+        transport = _transport.create(kind, timeout_s, state, error)
+    else:
+        timeout_s = _config.check_timeout(timeout) if timeout is not None else _config.timeout_s()
     _default = Group(transport, mode=mode, timeout_s=timeout_s)
     return _default
 

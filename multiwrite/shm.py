@@ -112,11 +112,12 @@ def sweep_stale(min_age_s):
     return removed
 
 
-def create_node_segments(transport, topo, sizes):
+def create_node_segments(transport, topo, sizes, before_barrier=None):
     """Collective over the whole group: one segment per entry of ``sizes`` on every node.
 
-    Returns this rank's mappings. Uses two control allgathers (names out, then 'mapped' back).
-    """
+    Returns this rank's mappings. Uses a control allgather (the names) and a barrier (every rank has
+    mapped them). ``before_barrier(mappings)`` runs on every rank before that barrier: what it sets up
+    is in place on every rank once any rank has returned."""
     names, failure, mine = None, None, []
     try:
         if topo.rank == topo.leader:
@@ -135,6 +136,8 @@ def create_node_segments(transport, topo, sizes):
             raise MultiwriteError(f"creating node shared memory failed: {failed[0]}")
         if topo.rank != topo.leader:
             mine = [Segment(n, s, create=False) for n, s in zip(all_names[topo.leader], sizes)]
+        if before_barrier is not None:
+            before_barrier(mine)
         transport.barrier()  # every rank of every node has mapped its segments
     finally:
         if names is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from . import _config
+from .errors import MismatchError
 
 
 def node_key() -> str:
@@ -98,12 +99,17 @@ class Topology:
 
 
 def detect(transport, global_ranks=None) -> Topology:
-    """Collective: every rank of ``transport`` learns the placement of every rank.
+    """Collective: every rank of ``transport`` learns the placement of every rank, and every rank checks
+    that the settings that must agree (``_config.AGREED``) do (MismatchError on every rank otherwise).
 
     ``global_ranks[r]``: the world rank of group rank r (subgroups); emulated nodes
     (MULTIWRITE_RANKS_PER_NODE) follow world ranks, so a subgroup sees the same nodes as the world."""
     per_node = _config.ranks_per_node()
-    keys = transport.allgather_obj(node_key())
+    everyone = transport.allgather_obj((node_key(), _config.agreed()))
+    problem = _config.disagreement([agreed for _, agreed in everyone])
+    if problem:
+        raise MismatchError(f"creating a multiwrite group: {problem}")
+    keys = [key for key, _ in everyone]
     if per_node is not None:
         world = list(global_ranks) if global_ranks else list(range(transport.size))
         # Emulated nodes must still be real shared-memory domains: refuse to group ranks across hosts.

@@ -11,7 +11,9 @@ which fans it out. Destination sets are stateless: any subset, no setup call, no
 Completion: ``req.wait()`` = local completion (src reusable); remote visibility through per-source
 arrival counters (``win.arrivals()``, ``win.wait_from(src, count)``) or the collective ``win.fence()``.
 """
+import collections
 import itertools
+import logging
 import threading
 import time
 
@@ -19,15 +21,33 @@ import numpy as np
 
 from . import _core, _packets, _tensors, shm
 from ._config import check_mode
-from .errors import MultiwriteError, MultiwriteTimeout, WindowError
+from .errors import MultiwriteError, MultiwriteTimeout, PeerFailure, WindowError
 from .group import resolve
 from .transport import Request, wait_all
 
+PacketError = _core.PacketError
+_log = logging.getLogger("multiwrite")
+
 _TAG_HEADER = 1
-_TAG_BODY = 2
-_TAG_OFFSETS = 3
 _STOP_WINDOW = 0xFFFFFFFF
-_PROCESSED_OFF = 0     # u32: packets the node relay has delivered for this window
+_PROCESSED_OFF = 0     # u32: packets the node relay has handled for this window (delivered or refused)
+_REFUSED_OFF = 4       # u32: packets the node relay refused for this window (malformed, out of bounds)
+_RELAY_DEAD_OFF = 8    # u32: 1 once the node relay stopped for good (its transport failed)
+_RELAY_MSG_OFF = 16    # 48 bytes: why the relay refused its last packet or stopped (NUL-padded)
+_RELAY_MSG_LEN = 48
+_DRAIN_WAIT_S = 1.0    # how long the relay waits for the parts of a refused packet
+_PACKET_TAGS = 1 << 21  # packets k of one (source, relay) pair use tags 2 + 2·(k mod this) (+1)
+
+
+def _offsets_tag(k):
+    """Tag of the destination offsets of the k-th packet from one source to one relay."""
+    return 2 + 2 * (k % _PACKET_TAGS)
+
+
+def _body_tag(k):
+    """Tag of the payload of that packet: every packet has tags of its own, so a refused packet's
+    unread parts can never be taken for a later packet's."""
+    return 3 + 2 * (k % _PACKET_TAGS)
 _ARRIVALS_OFF = 64     # u32 [local_size, world_size]: writes arrived per (destination, source)
 
 
@@ -62,14 +82,24 @@ class Window:
 
     def __init__(self, nbytes, group=None):
         g = resolve(group)
-        if int(nbytes) != nbytes or nbytes < 0:
-            raise WindowError(f"Window size must be a non-negative integer, got {nbytes!r}")
-        self.group, self.nbytes = g, int(nbytes)
+        try:
+            valid = int(nbytes) == nbytes and nbytes >= 0
+        except (TypeError, ValueError, OverflowError):
+            valid = False
+        # A bad size still takes part in the size exchange (as -1), so every rank raises at once
+        # instead of waiting for this one until the timeout.
+        self.group, self.nbytes = g, int(nbytes) if valid else -1
         topo = g.topo
         seq = g.next_seq()
-        self.sizes = [int(s) for s in g.allgather_int64([self.nbytes])[:, 0]]
+        self.sizes = [int(s) for s in g.allgather_int64([self.nbytes], f"Window #{seq} creation")[:, 0]]
+        bad = [r for r, n in enumerate(self.sizes) if n < 0]
+        if bad:
+            raise WindowError(f"Window size must be a non-negative integer, got {nbytes!r}" if not valid else
+                              f"Window #{seq} creation: rank(s) {bad} passed a size that is not a "
+                              f"non-negative integer")
         self.id = next(Window._ids)
         self._freed = False
+        self._refused_seen = 0
         self._sent_to_node = np.zeros(topo.num_nodes, dtype=np.int64)   # packets sent per node
         self._seq_to_node = np.zeros(topo.num_nodes, dtype=np.int64)
         self._pending = []
@@ -79,14 +109,16 @@ class Window:
         for r in local:
             self._data_off[r] = off
             off += _round64(self.sizes[r])
-        self._seg = shm.create_node_segments(g.transport, topo, [max(off, 64)])[0]
-        self._mem = self._seg.array
-        g.node_barrier(f"Window #{seq} creation")
+        def register(segments):
+            # Before the group-wide barrier that ends the creation: no rank can write to this window
+            # before every node's relay knows it.
+            self._seg = segments[0]
+            self._mem = self._seg.array
+            if topo.num_nodes > 1:
+                _relay(g).register(self)
+        shm.create_node_segments(g.transport, topo, [max(off, 64)], before_barrier=register)
         mine = self._data_off[topo.rank]
         self.buffer = self._mem[mine:mine + self.nbytes]
-        if topo.num_nodes > 1:
-            _relay(g).register(self)
-        g.node_barrier(f"Window #{seq} creation")
 
     # -- access --------------------------------------------------------------------------
     def tensor(self, dtype=None):
@@ -185,12 +217,7 @@ class Window:
         relay = topo.node_ranks[node][0]
         self._sent_to_node[node] += 1
         g.stats.add_inter(header.nbytes + data.nbytes, node)
-        t = _relay(g).transport
-        requests = [t.isend(header[:_packets.HEADER], relay, _TAG_HEADER)]
-        if not common:
-            requests.append(t.isend(header[_packets.HEADER:], relay, _TAG_OFFSETS))
-        requests.append(t.isend(data, relay, _TAG_BODY))
-        return requests
+        return _relay(g).post(relay, header, data)
 
     def fence(self):
         """Collective: every write issued before the fence, by any rank, is visible when it returns."""
@@ -200,14 +227,31 @@ class Window:
             req.wait()
         expected = int(g.allgather_int64(self._sent_to_node)[:, g.topo.node].sum())
         if g.topo.num_nodes > 1:
-            _relay(g).raise_error()
-            if not _core.wait_u32_ge(self._mem, _PROCESSED_OFF, expected & 0xFFFFFFFF, g.timeout_s):
-                _relay(g).raise_error()
-                raise MultiwriteTimeout(
-                    f"window {self.id} fence: the relay of node {g.topo.node} delivered "
-                    f"{_core.atomic_load_u32(self._mem, _PROCESSED_OFF)} of {expected} packets within "
-                    f"{g.timeout_s:g}s")
+            deadline = time.monotonic() + g.timeout_s
+            while not _core.wait_u32_ge(self._mem, _PROCESSED_OFF, expected & 0xFFFFFFFF, 0.05):
+                self._check_relay()
+                if time.monotonic() > deadline:
+                    raise MultiwriteTimeout(
+                        f"window {self.id} fence: the relay of node {g.topo.node} handled "
+                        f"{_core.atomic_load_u32(self._mem, _PROCESSED_OFF)} of {expected} packets within "
+                        f"{g.timeout_s:g}s (a writer died or hangs)")
         g.node_barrier(f"window {self.id} fence")
+        refused = _core.atomic_load_u32(self._mem, _REFUSED_OFF)
+        if refused != self._refused_seen:
+            count, self._refused_seen = (refused - self._refused_seen) & 0xFFFFFFFF, refused
+            raise MultiwriteError(f"window {self.id} fence: the relay of node {g.topo.node} refused {count} "
+                                  f"packet(s) for this window since the last fence, so their writes are missing; "
+                                  f"last: {self._relay_message()}")
+
+    def _relay_message(self):
+        raw = bytes(self._mem[_RELAY_MSG_OFF:_RELAY_MSG_OFF + _RELAY_MSG_LEN])
+        return raw.rstrip(b"\0").decode(errors="replace") or "(no details)"
+
+    def _check_relay(self):
+        """Raise if this node's relay stopped for good (every rank of the node sees it in the window)."""
+        if _core.atomic_load_u32(self._mem, _RELAY_DEAD_OFF):
+            raise MultiwriteError(f"window {self.id}: the relay of node {self.group.topo.node} stopped: "
+                                  f"{self._relay_message()}")
 
     def free(self):
         """Collective: fence, then release the window. Any later use raises WindowError."""
@@ -238,9 +282,20 @@ def _relay(g):
     return relay
 
 
+class _Stop(Exception):
+    """The STOP packet of _RelayService.stop arrived."""
+
+
 class _RelayService:
     """Receives MultiWrite packets for this node's windows (thread on the node leader) and fans them
-    out into the destination ranks' windows through shared memory."""
+    out into the destination ranks' windows through shared memory.
+
+    A packet is a header message (tag 1) and, on tags of its own (see _body_tag), the destination
+    offsets and the payload. A packet that is malformed or does not fit (bad checksum, unknown window,
+    out-of-window write, wrong sender) is refused: its remaining parts are drained where possible,
+    the refusal is counted in the window (its next fence raises on every rank of the node) and
+    logged, and the relay goes on serving. Only a failure of the transport itself stops it; that is
+    marked in every registered window, so the node's ranks learn it at their next fence."""
 
     def __init__(self, g):
         self.group = g
@@ -249,9 +304,13 @@ class _RelayService:
         self.transport = g.transport.split(list(range(g.size)), default_timeout_s=7 * 24 * 3600)
         self.windows = {}
         self.error = None
+        self.refused = 0                     # packets refused over the relay's life (any window)
         self._stop = threading.Event()
         self._thread = None
         self._expected_seq = {}
+        self._sent = collections.Counter()       # relay rank -> packets this rank sent it
+        self._received = collections.Counter()   # source rank -> packet headers received from it
+        self._undrained = []      # drains given up on: their buffers must stay alive (Gloo writes into them)
         g._on_close = getattr(g, "_on_close", []) + [self.stop]
 
     def register(self, win):
@@ -263,9 +322,17 @@ class _RelayService:
     def unregister(self, win):
         self.windows.pop(win.id, None)
 
-    def raise_error(self):
-        if self.error is not None:
-            raise MultiwriteError(f"node relay failed: {self.error}") from self.error
+    def post(self, relay, header, data):
+        """Send one packet (``header``: its header plus any destination offsets; ``data``: the payload)
+        to the relay rank ``relay``; returns the send requests."""
+        k = self._sent[relay]
+        self._sent[relay] += 1
+        t, H = self.transport, _packets.HEADER
+        requests = [t.isend(header[:H], relay, _TAG_HEADER)]
+        if header.nbytes > H:
+            requests.append(t.isend(header[H:], relay, _offsets_tag(k)))
+        requests.append(t.isend(data, relay, _body_tag(k)))
+        return requests
 
     def stop(self):
         """Collective (group close): every node leader's relay thread gets a STOP packet from the
@@ -288,87 +355,135 @@ class _RelayService:
 
     def _recv(self, buf, src, tag):
         """The rest of a packet whose header arrived: it follows at once from the same sender."""
-        req = self.transport.irecv(buf, src, tag)
-        req.wait(self.group.timeout_s, f"relay receive from rank {src}")
-        return req
+        self.transport.irecv(buf, src, tag).wait(self.group.timeout_s, f"relay receive from rank {src}")
 
     def _loop(self):
-        from .transport.mpi import MPITransport
         g = self.group
         header = np.empty(_packets.HEADER, dtype=np.uint8)
         offsets = np.empty(8 * _core.MAX_LOCAL_RANKS, dtype=np.uint8)
         try:
             while not self._stop.is_set():
-                recv_any = self._recv_any_mpi if isinstance(self.transport, MPITransport) else self._recv_any_gloo
-                src = recv_any(header)
-                if src is None:
+                req = self.transport.irecv_any(header, _TAG_HEADER)
+                if not self.transport.wait_or_stop(req, self._stop):
                     return
-                self._deliver(src, header, offsets)
-        except Exception as exc:  # reported by the next fence/wait on this node (and here, at once)
+                src = req.source()
+                k = self._received[src]
+                self._received[src] += 1
+                try:
+                    self._deliver(src, k, header, req.count(), offsets)
+                except _Stop:
+                    return
+                except PeerFailure:
+                    raise              # the transport broke: not one bad packet
+                except Exception as exc:   # one bad packet (or its parts never came): refuse it, go on
+                    self._refuse(src, exc)
+        except Exception as exc:  # the transport failed: the node's ranks see it at their next fence
             self.error = exc
-            import sys
-            print(f"multiwrite: node {g.topo.node} relay (rank {g.rank}) stopped: {exc!r}", file=sys.stderr,
-                  flush=True)
+            self._mark_all(_RELAY_DEAD_OFF, f"rank {g.rank}: {exc}")
+            _log.error("node %d relay (rank %d) stopped: %r", g.topo.node, g.rank, exc)
 
-    def _recv_any_mpi(self, header):
-        MPI = self.transport.MPI
-        status = MPI.Status()
-        req = self.transport.comm.Irecv([header, MPI.BYTE], source=MPI.ANY_SOURCE, tag=_TAG_HEADER)
-        sleep = 0.0
-        while not req.Test(status):
-            if self._stop.is_set():
-                req.Cancel()
-                return None
-            sleep = min(max(sleep * 2, 2e-5), 1e-3)
-            time.sleep(sleep)
-        return status.Get_source()
+    def _mark_all(self, offset, message):
+        """Set the word at ``offset`` (and the message) in every registered window."""
+        for win in list(self.windows.values()):
+            _set_message(win, message)
+            _core.atomic_store_u32(win._mem, offset, 1)
 
-    def _recv_any_gloo(self, header):
-        import torch
-        # Gloo completes a receive only inside wait(), which cannot be interrupted: the thread
-        # blocks here (GIL released) until a packet or the STOP packet of stop() arrives.
-        work = self.transport.pg.recv_anysource([torch.from_numpy(header)], _TAG_HEADER)
-        work.wait()
-        return work.source_rank()
+    def _refuse(self, src, exc, win=None):
+        """Count and report a refused packet (see the class doc)."""
+        self.refused += 1
+        message = f"from rank {src}: {exc}"
+        _log.warning("node %d relay refused a packet %s", self.group.topo.node, message)
+        win = win if win is not None else getattr(exc, "window", None)
+        if win is not None:
+            _set_message(win, message)
+            _core.atomic_add_u32(win._mem, _REFUSED_OFF, 1, False)
+            _core.atomic_add_u32(win._mem, _PROCESSED_OFF, 1)     # handled: its fence need not wait
 
-    def _deliver(self, src, header, offsets):
+    def _drain(self, src, k, info):
+        """Discard the parts of a refused packet that follow its header (known from a valid header)."""
+        t = self.transport
+        parts = []
+        if info["flags"] & _core.FLAG_PER_DEST_OFFSETS:
+            parts.append((_offsets_tag(k), 8 * bin(info["dest_bitmap"]).count("1")))
+        if info["payload_len"]:
+            parts.append((_body_tag(k), info["payload_len"]))
+        for tag, n in parts:
+            req = t.drain(src, tag, n, _packets.DRAIN_LIMIT)
+            if req is None:
+                continue
+            try:     # the parts follow their header at once: a sender that lied about them is not waited for
+                req.wait(min(self.group.timeout_s, _DRAIN_WAIT_S), f"relay: discarding a refused packet of rank {src}")
+            except MultiwriteTimeout:
+                req.cancel()
+                self._undrained.append(req)     # (exact-size transports: its buffer must outlive it)
+
+    def _deliver(self, src, k, header, received, offsets):
         g = self.group
         topo = g.topo
-        info = _core.parse_header(header, num_local_ranks=topo.local_size)
+        if received != _packets.HEADER:
+            raise PacketError(f"a header message of {received} bytes (expected {_packets.HEADER})")
+        info = _core.parse_header(header, num_local_ranks=topo.local_size)   # PacketError: refused
         if info["window_id"] == _STOP_WINDOW:
             self._stop.set()
-            return
-        win = self.windows.get(info["window_id"])
-        if win is None:
-            raise WindowError(f"rank {src} wrote to window {info['window_id']}, which is not (or no longer) "
-                              f"registered on node {topo.node}")
-        if info["src_rank"] != src or info["dest_node"] != topo.node:
-            raise MultiwriteError(f"packet from rank {src} claims source {info['src_rank']} and node "
-                                  f"{info['dest_node']} (this is node {topo.node})")
-        key = (win.id, src)
-        expected = self._expected_seq.get(key, 0) + 1
-        if info["seq"] != expected:
-            raise MultiwriteError(f"window {win.id}: packet #{info['seq']} from rank {src}, expected #{expected}")
-        self._expected_seq[key] = expected
-        dests = [topo.node_ranks[topo.node][i] for i in range(topo.local_size) if info["dest_bitmap"] >> i & 1]
+            raise _Stop()
+        try:
+            win = self._check(src, info)
+        except Exception as exc:
+            self._drain(src, k, info)
+            exc.window = self.windows.get(info["window_id"])
+            raise
+        try:
+            dests, offs, first = self._land(src, k, info, win, offsets)
+        except Exception as exc:
+            exc.window = win           # counted as handled (refused) in this window
+            raise
         n = info["payload_len"]
-        if info["flags"] & _core.FLAG_PER_DEST_OFFSETS:
-            k = len(dests)
-            if self._recv(offsets[:8 * k], src, _TAG_OFFSETS) is None:
-                return
-            offs = [int(o) for o in offsets[:8 * k].view(np.uint64)]
-        else:
-            offs = [info["offset"]] * len(dests)
-        for r, off in zip(dests, offs):
-            if off + n > win.sizes[r]:
-                raise WindowError(f"packet from rank {src}: {n} bytes at offset {off} exceed rank {r}'s "
-                                  f"window of {win.sizes[r]} bytes")
-        first = win._region(dests[0])[offs[0]:offs[0] + n]
-        if self._recv(first, src, _TAG_BODY) is None:
-            return
         for r, off in zip(dests[1:], offs[1:]):
             win._region(r)[off:off + n] = first
         if info["flags"] & _core.FLAG_NOTIFY:
             for r in dests:
                 _core.atomic_add_u32(win._mem, win._arrival_off(topo.local_rank_of[r], src), 1)
         _core.atomic_add_u32(win._mem, _PROCESSED_OFF, 1)
+
+    def _land(self, src, k, info, win, offsets):
+        """Receive the offsets and the payload of packet ``k`` of ``src`` into the first destination's
+        window; returns (destination ranks, their offsets, the landed payload)."""
+        topo = self.group.topo
+        dests = [topo.node_ranks[topo.node][i] for i in range(topo.local_size) if info["dest_bitmap"] >> i & 1]
+        n = info["payload_len"]
+        if info["flags"] & _core.FLAG_PER_DEST_OFFSETS:
+            self._recv(offsets[:8 * len(dests)], src, _offsets_tag(k))
+            offs = [int(o) for o in offsets[:8 * len(dests)].view(np.uint64)]
+        else:
+            offs = [info["offset"]] * len(dests)
+        for r, off in zip(dests, offs):
+            if off + n > win.sizes[r]:
+                self._drain(src, k, dict(info, flags=0))
+                raise WindowError(f"{n} bytes at offset {off} exceed rank {r}'s window {win.id} of "
+                                  f"{win.sizes[r]} bytes")
+        first = win._region(dests[0])[offs[0]:offs[0] + n]
+        self._recv(first, src, _body_tag(k))
+        return dests, offs, first
+
+    def _check(self, src, info):
+        """The registered window a well-formed header ``info`` from ``src`` writes to, or an error."""
+        topo = self.group.topo
+        win = self.windows.get(info["window_id"])
+        if win is None:
+            raise WindowError(f"a write to window {info['window_id']}, which is not (or no longer) registered "
+                              f"on node {topo.node}")
+        key = (win.id, src)
+        expected = self._expected_seq.get(key, 0) + 1
+        self._expected_seq[key] = info["seq"]     # resynchronize: one bad packet must not refuse the rest
+        if info["src_rank"] != src or info["dest_node"] != topo.node:
+            raise PacketError(f"the header claims source rank {info['src_rank']} and node {info['dest_node']} "
+                              f"(this is node {topo.node})")
+        if info["seq"] != expected:
+            raise PacketError(f"window {win.id}: packet #{info['seq']}, expected #{expected}")
+        return win
+
+
+def _set_message(win, message):
+    raw = message.encode(errors="replace")[:_RELAY_MSG_LEN - 1]
+    win._mem[_RELAY_MSG_OFF:_RELAY_MSG_OFF + _RELAY_MSG_LEN] = 0
+    win._mem[_RELAY_MSG_OFF:_RELAY_MSG_OFF + len(raw)] = np.frombuffer(raw, dtype=np.uint8)

@@ -18,7 +18,6 @@ mw.broadcast (multiwrite/broadcast.py), under mpirun and torchrun, 4 ranks as 2 
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 

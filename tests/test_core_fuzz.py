@@ -133,3 +133,36 @@ def test_fuzz_fanout_counts_and_unpack_records():
             assert isinstance(e, c.PacketError) or "outputs have room" in str(e)
         assert (ox[C:] == 0xEE).all() and (os_[C:] == -9).all() and (oi[C:] == -9).all() and (ow[C:] == -9).all()
     assert min(seen.values()) > 500, seen
+
+
+def test_fuzz_land_node_packet():
+    """land_node_packet (the small AllGather's receive path) on mutated node packets: it lands a packet
+    only when it is exactly an expected one (then only at the sender's span) and otherwise returns -1
+    without writing; nothing crashes, and nothing outside the spans is ever written."""
+    rng = np.random.default_rng(99)
+    P, L = 8, 4
+    spans = np.zeros((P, 2), np.int64)
+    spans[4:8] = (128, 64)                      # ranks 4..7 (node 1) land 64 bytes at 128
+    staging0 = np.arange(256, dtype=np.uint8)
+    src = rng.integers(0, 256, size=64, dtype=np.uint8)
+    stage = np.zeros(512, np.uint8)
+    stage[:64] = src
+    outbox = np.zeros((1, 128), np.uint8)
+    c.pack_node_packets(outbox, stage, 0, 64, 0x301, 7, 6, 128, ((0, 0b1111),))
+    valid = outbox[0].copy()
+    landed = refused = 0
+    for i in range(N_PER_FUNCTION):
+        buf = _mutate(rng, valid)
+        if rng.integers(0, 2):
+            _rechecksum(buf)                    # also reach the checks behind the header checksum
+        staging = staging0.copy()
+        sender = c.land_node_packet(buf, staging, 0x301, 7, L, spans)
+        if sender < 0:
+            refused += 1
+            assert (staging == staging0).all(), f"input {i}: refused, but staging was written"
+            continue
+        landed += 1
+        assert 4 <= sender < 8, f"input {i}: landed from rank {sender}, which is not an expected sender"
+        assert (staging[:128] == staging0[:128]).all() and (staging[192:] == staging0[192:]).all(), i
+        assert staging[128:192].tolist() == buf[64:128].tolist(), i
+    assert refused > N_PER_FUNCTION // 2 and landed > 0, (landed, refused)

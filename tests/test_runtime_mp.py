@@ -53,14 +53,19 @@ def test_multi_write(launcher, layout):
 
 
 @pytest.mark.parametrize("case", ["size_mismatch", "dtype_mismatch", "path_mismatch", "control_mismatch",
-                                  "bad_args"])
+                                  "bad_args", "window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain"])
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_errors(launcher, case):
     _skip_missing(launcher)
     out = _launch.check(launcher, 4, "errors_prog.py", [case], env={"MULTIWRITE_RANKS_PER_NODE": 2},
                         timeout=120)
+    print(out)
     if "mismatch" in case:
         assert out.count("MismatchError") == 4, out
+    if case in ("window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain"):
+        assert out.count(f"{case} OK") == 4, out
+    if case == "relay_fuzz":
+        assert out.count("fence reported: window") == 2 and "refused 3 packet(s)" in out, out
 
 
 @pytest.mark.parametrize("case,ranks", [("sync_each", 4), ("announce_race", 2)])

@@ -1,6 +1,5 @@
 """The one interface every transport implements (MPI, Gloo): tagged point-to-point byte messages,
 small-object collectives for control data, and waits that end in a timeout error, never a hang."""
-import os
 import time
 
 import numpy as np
@@ -8,9 +7,11 @@ import numpy as np
 from ..errors import MultiwriteError, MultiwriteTimeout
 
 
-_SPIN_S = float(os.environ.get("MULTIWRITE_SPIN_US", "50")) * 1e-6
+# Polling waits (MULTIWRITE_SPIN_US / MULTIWRITE_SLEEP_MAX_US, validated and applied by
+# configure_polling when a group is created; these are the defaults until then).
+_SPIN_S = 50e-6
 _SLEEP_MIN_S = 1e-5
-_SLEEP_MAX_S = float(os.environ.get("MULTIWRITE_SLEEP_MAX_US", "50")) * 1e-6
+_SLEEP_MAX_S = 50e-6
 _YIELDED_S = 20e-6          # a test() that took this long slept or yielded inside
 _UINT8 = np.dtype(np.uint8)  # compared by identity first: comparing with np.uint8 converts it every time
 
@@ -22,6 +23,9 @@ class Request:
 
     def test(self) -> bool:
         raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Give up on a pending receive where the transport can (MPI); elsewhere a no-op."""
 
     def wait(self, timeout_s: float, what: str = "") -> None:
         wait_polling(self, timeout_s, what)
@@ -41,6 +45,12 @@ def seconds(t):
     """A timeout for messages, to 0.1 s: callers pass what is left of a shared deadline (5.99949 s
     after a first request of the same wait took 0.5 ms), and the limit the user set is what matters."""
     return f"{t:g}" if t < 0.1 else f"{t:.1f}".rstrip("0").rstrip(".")
+
+
+def configure_polling(spin_s, sleep_max_s):
+    """Set how waits poll: busy spin for ``spin_s`` seconds, then sleeps growing to ``sleep_max_s``."""
+    global _SPIN_S, _SLEEP_MAX_S
+    _SPIN_S, _SLEEP_MAX_S = float(spin_s), float(sleep_max_s)
 
 
 def wait_polling(req, timeout_s, what=""):
@@ -63,13 +73,21 @@ def wait_polling(req, timeout_s, what=""):
         if now > deadline:
             raise MultiwriteTimeout(
                 f"{what or 'operation'}: timed out after {seconds(timeout_s)}s waiting for {req.description} "
-                f"(a peer died, hangs, or did not call the same operation; MULTIWRITE_TIMEOUT sets the limit)")
+                f"({waiting_hint(getattr(req, 'peer', None))}; MULTIWRITE_TIMEOUT sets the limit)")
         # A test that took a while already gave the CPU away (Open MPI with mpi_yield_when_idle
         # sleeps inside MPI_Test): sleeping on top of it only delays noticing the arrival (by ~190 us
         # per message on the 8-rank virtual cluster).
         if now - start > _SPIN_S and now - before < _YIELDED_S:
             sleep = min(max(sleep * 2, _SLEEP_MIN_S), _SLEEP_MAX_S)
             time.sleep(sleep)
+
+
+def waiting_hint(peer):
+    """Why a wait for ``peer`` (a rank, or None) may not end. It does not accuse the peer: a rank that
+    waits for a message from rank q times out as well when q itself waits for a rank that is gone."""
+    if peer is None:
+        return "a peer died, hangs, or did not call the same operation"
+    return f"rank {peer}, or a rank that rank {peer} waits for, died, hangs, or did not call the same operation"
 
 
 def _test(req, what):
@@ -117,8 +135,21 @@ class Transport:
         raise NotImplementedError
 
     def irecv_any(self, buf: np.ndarray, tag: int) -> Request:
-        """Receive a message on ``tag`` from whichever rank sends first (``recv_any_source``)."""
+        """Receive a message on ``tag`` from whichever rank sends first (``recv_any_source``); once
+        complete, the request's ``source()`` is the sender and ``count()`` the bytes received."""
         raise NotImplementedError(f"the {self.name} transport cannot receive from any source")
+
+    def wait_or_stop(self, req: Request, stop) -> bool:
+        """For a service thread: wait for ``req`` until it completes (True) or the threading.Event
+        ``stop`` is set (False; the request is cancelled where the transport can cancel, else the
+        caller must make it complete, e.g. with a message to itself)."""
+        raise NotImplementedError
+
+    def drain(self, src: int, tag: int, nbytes: int, limit: int):
+        """Receive and discard the next message of ``nbytes`` from ``src`` on ``tag`` (after a packet
+        was refused, so that it does not stay queued). Returns the request, or None when it cannot be
+        drained without a buffer larger than ``limit`` bytes (exact-size transports)."""
+        raise NotImplementedError
 
     def progress(self) -> None:
         """Let pending messages move while this rank computes (call between chunks of work, at most

@@ -5,15 +5,37 @@ import pickle
 import numpy as np
 import torch
 
-from ..errors import MultiwriteTimeout
-from .base import CompletedRequest, Request, Transport, seconds
+from ..errors import MultiwriteError, MultiwriteTimeout, PeerFailure
+from .base import CompletedRequest, Request, Transport, seconds, waiting_hint
+
+
+# What Gloo's errors say when the peer's process is gone (its sockets closed or reset).
+_PEER_GONE = ("connection closed by peer", "connection reset", "broken pipe", "socket closed", "end of file",
+              "eof", "connection refused", "no route to host")
+
+
+def classify_error(exc, what, description, peer, timeout_s):
+    """A Gloo RuntimeError as a multiwrite error: a timeout, a peer that is gone (PeerFailure naming
+    ``peer``), or another transport failure. Never a MismatchError: Gloo does not report sizes."""
+    text = str(exc)
+    low = text.lower()
+    where = f"{what or 'operation'}: "
+    if "imeout" in text or "imed out" in text:
+        return MultiwriteTimeout(
+            f"{where}timed out after {seconds(timeout_s)}s waiting for {description} ({waiting_hint(peer)}; "
+            f"MULTIWRITE_TIMEOUT sets the limit)")
+    if any(p in low for p in _PEER_GONE):
+        who = f"rank {peer}" if peer is not None else "a peer"
+        return PeerFailure(f"{where}{who} is gone (its connection broke while {description} was pending: the "
+                           f"process died or was killed): {text.strip()[:300]}", rank=peer)
+    return MultiwriteError(f"{where}the Gloo transport failed during {description}: {text.strip()[:300]}")
 
 
 class _GlooRequest(Request):
-    __slots__ = ("work", "tensor", "description")
+    __slots__ = ("work", "tensor", "description", "peer")
 
-    def __init__(self, work, tensor, description):
-        self.work, self.tensor, self.description = work, tensor, description
+    def __init__(self, work, tensor, description, peer=None):
+        self.work, self.tensor, self.description, self.peer = work, tensor, description, peer
 
     def test(self):
         return self.work.is_completed()
@@ -22,18 +44,26 @@ class _GlooRequest(Request):
         try:
             self.work.wait(datetime.timedelta(seconds=timeout_s))
         except RuntimeError as exc:
-            text = str(exc)
-            if "imeout" in text or "imed out" in text:
-                raise MultiwriteTimeout(
-                    f"{what or 'operation'}: timed out after {seconds(timeout_s)}s waiting for "
-                    f"{self.description} (a peer died, hangs, or did not call the same operation)") from exc
-            raise
+            raise classify_error(exc, what, self.description, self.peer, timeout_s) from exc
+
+
+class _GlooAnyRequest(_GlooRequest):
+    """A receive from any rank: ``source()`` and ``count()`` once complete."""
+    __slots__ = ()
+
+    def source(self):
+        work = self.work
+        return work._source_rank() if hasattr(work, "_source_rank") else work.source_rank()
+
+    def count(self):
+        return self.tensor.numel()
 
 
 class GlooTransport(Transport):
     name = "gloo"
     exact_size_recv = True    # a message larger than the posted receive aborts the process
     completes_in_test = False  # requests complete inside wait()
+    recv_any_source = False    # irecv_any exists, but only wait() completes it (no polling loop)
     _instances = 0
 
     def __init__(self, store, rank, size, timeout_s=300.0, prefix="multiwrite"):
@@ -42,8 +72,12 @@ class GlooTransport(Transport):
         self.store = store
         self.rank, self.size, self.timeout_s = rank, size, timeout_s
         self.prefix = prefix
-        self.pg = ProcessGroupGloo(PrefixStore(prefix, store), rank, size,
-                                   datetime.timedelta(seconds=timeout_s))
+        try:
+            self.pg = ProcessGroupGloo(PrefixStore(prefix, store), rank, size,
+                                       datetime.timedelta(seconds=timeout_s))
+        except RuntimeError as exc:     # a rank that never connects: a timeout, said as such
+            raise classify_error(exc, "connecting the Gloo transport", "every rank to connect", None,
+                                 timeout_s) from exc
 
     @staticmethod
     def _tensor(buf):
@@ -54,14 +88,31 @@ class GlooTransport(Transport):
         if buf.nbytes == 0:
             return CompletedRequest()
         t = self._tensor(buf)
-        return _GlooRequest(self.pg.send([t], dst, tag), t, f"send of {buf.nbytes} B to rank {dst}")
+        return _GlooRequest(self.pg.send([t], dst, tag), t, f"send of {buf.nbytes} B to rank {dst}", dst)
 
     def irecv(self, buf, src, tag):
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
         t = self._tensor(buf)
-        return _GlooRequest(self.pg.recv([t], src, tag), t, f"receive of {buf.nbytes} B from rank {src}")
+        return _GlooRequest(self.pg.recv([t], src, tag), t, f"receive of {buf.nbytes} B from rank {src}", src)
+
+    def irecv_any(self, buf, tag):
+        self.check_buffer(buf)
+        t = self._tensor(buf)
+        return _GlooAnyRequest(self.pg.recv_anysource([t], tag), t, f"receive of {buf.nbytes} B from any rank")
+
+    def wait_or_stop(self, req, stop):
+        # Gloo completes a receive only inside wait(), which cannot be interrupted: the caller wakes it
+        # with a message when it sets ``stop``.
+        req.wait(7 * 24 * 3600.0, "waiting for a packet")
+        return not stop.is_set()
+
+    def drain(self, src, tag, nbytes, limit):
+        # Gloo needs a receive of exactly the message's size: only bounded sizes can be drained.
+        if nbytes > limit:
+            return None
+        return self.irecv(np.empty(nbytes, dtype=np.uint8), src, tag)
 
     def _run(self, work, what):
         _GlooRequest(work, None, what).wait(self.timeout_s, what)

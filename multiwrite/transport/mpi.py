@@ -5,126 +5,89 @@ request becomes a MultiwriteError that names the operation, the peer and the dea
 dies only surfaces as an error when the MPI library and the launcher tolerate failures (Open MPI 5:
 ``mpirun --with-ft ulfm``); otherwise the launcher aborts the whole job when a process dies.
 """
+import ctypes
+import sys
+import threading
+import time
+
 import numpy as np
 
-from ..errors import MismatchError, MultiwriteError
-from .base import CompletedRequest, Request, Transport, wait_polling
+from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
+from .base import CompletedRequest, Request, Transport, seconds, wait_polling
 
 
-class _MPIRequest(Request):
-    __slots__ = ("req", "buf", "_description", "transport")
+def init_mpi(timeout_s):
+    """mpi4py's MPI module with MPI initialized, within ``timeout_s`` seconds.
 
-    def __init__(self, req, buf, description, transport=None):
-        self.req, self.buf, self._description, self.transport = req, buf, description, transport
+    MPI_Init waits for every process of the job (Open MPI: a PMIx fence), so one late or dead rank
+    would hold every other rank there for as long as it is missing. When MPI is not initialized yet,
+    it is initialized here in a helper thread through the C API (mpi4py's own Init keeps the GIL), and
+    this thread gives up after ``timeout_s`` with a MultiwriteTimeout. mpi4py still finalizes MPI at
+    exit, as when it initializes MPI itself."""
+    if "mpi4py.MPI" not in sys.modules:
+        import mpi4py
+        mpi4py.rc.initialize = False        # we initialize it, bounded (mpi4py would block here)
+        mpi4py.rc.finalize = True
+    from mpi4py import MPI
+    if MPI.Is_initialized():
+        return MPI
+    import mpi4py
+    level = {"single": MPI.THREAD_SINGLE, "funneled": MPI.THREAD_FUNNELED, "serialized": MPI.THREAD_SERIALIZED,
+             "multiple": MPI.THREAD_MULTIPLE}.get(str(mpi4py.rc.thread_level), MPI.THREAD_MULTIPLE)
+    lib = ctypes.CDLL(MPI.__file__)          # resolves MPI_Init_thread in the MPI library mpi4py uses
+    result, done = [], threading.Event()
 
-    @property
-    def description(self):
-        """What the request is, for error messages: formatted only when one is raised (a tuple
-        (format, *args) is stored; formatting on every request costs small operations time)."""
-        d = self._description
-        return d[0].format(*d[1:]) if type(d) is tuple else str(d)
-
-    @description.setter
-    def description(self, value):
-        self._description = value
-
-    def test(self):
-        try:
-            return self.req.Test()
-        except Exception as exc:
-            MPI = self.transport.MPI if self.transport is not None else None
-            if MPI is None or not isinstance(exc, MPI.Exception):
-                raise
-            kind = MultiwriteError
-            try:
-                if exc.Get_error_class() == MPI.ERR_TRUNCATE:   # the peer sent more than we expect
-                    kind = MismatchError
-            except Exception:
-                pass
-            raise kind(f"{self.description}: {self.transport.describe_error(exc)} (sizes differ across "
-                       f"ranks?)" if kind is MismatchError else
-                       f"{self.description}: {self.transport.describe_error(exc)}") from exc
+    def init():
+        provided = ctypes.c_int()
+        result.append(lib.MPI_Init_thread(None, None, level, ctypes.byref(provided)))
+        done.set()
+    threading.Thread(target=init, name="multiwrite-mpi-init", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise MultiwriteTimeout(
+            f"MPI initialization: not every process of the job started MPI within {seconds(timeout_s)}s (a "
+            f"rank is late, died, or does not run multiwrite; MULTIWRITE_TIMEOUT sets the limit)")
+    if result[0] != 0 or not MPI.Is_initialized():
+        raise MultiwriteError(f"MPI initialization failed (MPI_Init_thread returned {result[0]})")
+    return MPI
 
 
-class MPITransport(Transport):
-    name = "mpi"
-    exact_size_recv = False   # size mismatches surface as MPI_ERR_TRUNCATE / short counts
-    recv_any_source = True
+def wait_request(MPI, req, timeout_s, what, comm=None):
+    """Poll an mpi4py request until done or ``timeout_s`` passed (MultiwriteTimeout); its errors are
+    classified like a transport's (``comm``: the communicator it runs on)."""
+    wait_polling(_MPIRequest(req, None, what, _BareComm(MPI, comm) if comm is not None else None), timeout_s, what)
 
-    def __init__(self, comm=None, timeout_s=300.0):
-        from mpi4py import MPI
-        self.MPI = MPI
-        parent = MPI.COMM_WORLD if comm is None else comm
-        # Our own communicator: our tags can never match the application's messages.
-        self.comm = parent.Dup()
-        # Errors come back as exceptions (mpi4py: MPI.Exception), turned into MultiwriteError by
-        # _MPIRequest.test, never an abort inside MPI (mpi4py sets this on COMM_WORLD already).
-        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
-        # Open MPI with ULFM on (mpirun --with-ft ulfm, or --mca mpi_ft_enable 1): a dead peer makes
-        # our calls fail (MPI_ERR_PROC_FAILED) instead of the launcher killing the job.
-        import os
-        self.fault_tolerant = os.environ.get("OMPI_MCA_mpi_ft_enable", "").strip().lower() in ("1", "true", "t",
-                                                                                             "yes", "y")
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
-        self.timeout_s = timeout_s
-        self.tag_ub = int(self.comm.Get_attr(MPI.TAG_UB) or 32767)
 
-    def _tag(self, tag):
-        return tag % (self.tag_ub + 1)
+def dup_bounded(MPI, comm, timeout_s, what="duplicating the MPI communicator"):
+    """``comm.Dup()`` that gives up after ``timeout_s`` (MPI_Comm_idup): a rank that never joins it
+    becomes a MultiwriteTimeout, not a hang."""
+    new, req = comm.Idup()
+    wait_request(MPI, req, timeout_s, what, comm)
+    return new
 
-    def isend(self, buf, dst, tag):
-        self.check_buffer(buf)
-        if buf.nbytes == 0:
-            return CompletedRequest()
-        req = self.comm.Isend([buf, self.MPI.BYTE], dest=dst, tag=self._tag(tag))
-        return _MPIRequest(req, buf, ("send of {} B to rank {}", buf.nbytes, dst), self)
 
-    def irecv(self, buf, src, tag):
-        self.check_buffer(buf)
-        if buf.nbytes == 0:
-            return CompletedRequest()
-        req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
-        return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self)
+def allgather_pickled(MPI, comm, obj, timeout_s, what="allgather of control data"):
+    """Every rank's picklable ``obj``, indexed by rank: non-blocking allgathers polled with the timeout,
+    so a missing peer is a MultiwriteTimeout, never a hang."""
+    import pickle
+    size = comm.Get_size()
+    data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = np.zeros(size, dtype=np.int64)
+    wait_request(MPI, comm.Iallgather(np.array([data.nbytes], dtype=np.int64), sizes), timeout_s,
+                 f"{what} (sizes)", comm)
+    displs = np.zeros(size, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=displs[1:])
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    wait_request(MPI, comm.Iallgatherv(data, [out, sizes, displs, MPI.BYTE]), timeout_s, what, comm)
+    return [pickle.loads(out[displs[i]:displs[i] + sizes[i]].tobytes()) for i in range(size)]
 
-    def irecv_any(self, buf, tag):
-        self.check_buffer(buf)
-        req = self.comm.Irecv([buf, self.MPI.BYTE], source=self.MPI.ANY_SOURCE, tag=self._tag(tag))
-        return _MPIRequest(req, buf, ("receive of up to {} B from any rank", buf.nbytes), self)
 
-    def progress(self):
-        # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
-        # With mpi_yield_when_idle it also sleeps when there was nothing to do: callers rate-limit.
-        try:
-            self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
-        except self.MPI.Exception:
-            pass    # e.g. a dead peer (ULFM): reported by the request that waits for it
+class _MPIErrors:
+    """What an MPI error means, for a communicator ``self.comm`` of mpi4py module ``self.MPI``."""
 
-    def allgather_obj(self, obj):
-        # A non-blocking allgather polled with our timeout, so a missing peer cannot hang us.
-        import pickle
-        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
-        sizes = np.zeros(self.size, dtype=np.int64)
-        mine = np.array([data.nbytes], dtype=np.int64)
-        self._wait(self.comm.Iallgather(mine, sizes), "allgather of control data (sizes)")
-        displs = np.zeros(self.size, dtype=np.int64)
-        np.cumsum(sizes[:-1], out=displs[1:])
-        out = np.empty(int(sizes.sum()), dtype=np.uint8)
-        self._wait(self.comm.Iallgatherv(data, [out, sizes, displs, self.MPI.BYTE]),
-                   "allgather of control data")
-        return [pickle.loads(out[displs[i]:displs[i] + sizes[i]].tobytes()) for i in range(self.size)]
-
-    def allgather_int64(self, values):
-        mine = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-        out = np.empty((self.size, mine.size), dtype=np.int64)
-        self._wait(self.comm.Iallgather(mine, out), "allgather of control data")
-        return out
-
-    def barrier(self):
-        self._wait(self.comm.Ibarrier(), "barrier")
-
-    def _wait(self, req, what):
-        wait_polling(_MPIRequest(req, None, what, self), self.timeout_s, what)
+    def failure_classes(self):
+        """MPI error classes that mean a peer process failed (ULFM), or nothing where MPI lacks them."""
+        return tuple(getattr(self.MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
+                     if hasattr(self.MPI, n))
 
     def failed_ranks(self):
         """Ranks of this communicator that MPI knows are dead (ULFM), [] if unknown."""
@@ -155,6 +118,187 @@ class MPITransport(Transport):
             if cls == getattr(self.MPI, "ERR_REVOKED", -1):
                 msg += " (communicator revoked by a rank that saw a failure)"
         return msg
+
+
+
+class _BareComm(_MPIErrors):
+    """_MPIErrors of a communicator that is not (yet) a transport's (start-up collectives)."""
+
+    def __init__(self, MPI, comm):
+        self.MPI, self.comm = MPI, comm
+
+
+class _MPIRequest(Request):
+    __slots__ = ("req", "buf", "_description", "transport", "peer")
+
+    def __init__(self, req, buf, description, transport=None, peer=None):
+        self.req, self.buf, self._description, self.transport, self.peer = req, buf, description, transport, peer
+
+    @property
+    def description(self):
+        """What the request is, for error messages: formatted only when one is raised (a tuple
+        (format, *args) is stored; formatting on every request costs small operations time)."""
+        d = self._description
+        return d[0].format(*d[1:]) if type(d) is tuple else str(d)
+
+    @description.setter
+    def description(self, value):
+        self._description = value
+
+    def test(self):
+        try:
+            return self.req.Test()
+        except Exception as exc:
+            self._fail(exc)
+
+    def cancel(self):
+        try:
+            self.req.Cancel()
+            self.req.Wait()
+        except Exception:
+            pass
+
+    def _fail(self, exc):
+        """Raise ``exc`` (from MPI) as the multiwrite error it stands for."""
+        MPI = self.transport.MPI if self.transport is not None else None
+        if MPI is None or not isinstance(exc, MPI.Exception):
+            raise exc
+        try:
+            cls = exc.Get_error_class()
+        except Exception:
+            cls = None
+        text = self.transport.describe_error(exc)
+        if cls == MPI.ERR_TRUNCATE:          # the peer sent more than this rank expects
+            raise MismatchError(f"{self.description}: {text} (the peer sent more bytes than this rank "
+                                f"expects: sizes differ across ranks)") from exc
+        if cls in self.transport.failure_classes():
+            dead = self.transport.failed_ranks()
+            rank = dead[0] if dead else self.peer
+            raise PeerFailure(f"{self.description}: {text}", rank=rank) from exc
+        raise MultiwriteError(f"{self.description}: {text}") from exc
+
+
+class _MPIAnyRequest(_MPIRequest):
+    """An any-source receive: ``source()`` and ``count()`` once complete; ``cancel()``."""
+    __slots__ = ("status",)
+
+    def __init__(self, *args, status):
+        super().__init__(*args)
+        self.status = status
+
+    def test(self):
+        try:
+            return self.req.Test(self.status)
+        except Exception as exc:
+            self._fail(exc)
+
+    def source(self):
+        return self.status.Get_source()
+
+    def count(self):
+        return self.status.Get_count(self.transport.MPI.BYTE)
+
+
+
+class _DrainRequest(_MPIRequest):
+    """A receive that only consumes a message: its truncation is the point, not an error."""
+    __slots__ = ()
+
+    def test(self):
+        try:
+            return self.req.Test()
+        except self.transport.MPI.Exception as exc:
+            if exc.Get_error_class() == self.transport.MPI.ERR_TRUNCATE:
+                return True
+            self._fail(exc)
+
+
+class MPITransport(Transport, _MPIErrors):
+    name = "mpi"
+    exact_size_recv = False   # size mismatches surface as MPI_ERR_TRUNCATE / short counts
+    recv_any_source = True
+
+    def __init__(self, comm=None, timeout_s=300.0):
+        MPI = init_mpi(timeout_s)
+        self.MPI = MPI
+        parent = MPI.COMM_WORLD if comm is None else comm
+        # Our own communicator: our tags can never match the application's messages. Non-blocking, so
+        # that a rank that never joins is a timeout, not a hang.
+        self.comm = dup_bounded(MPI, parent, timeout_s)
+        # Errors come back as exceptions (mpi4py: MPI.Exception), turned into MultiwriteError by
+        # _MPIRequest.test, never an abort inside MPI (mpi4py sets this on COMM_WORLD already).
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        # Open MPI with ULFM on (mpirun --with-ft ulfm, or --mca mpi_ft_enable 1): a dead peer makes
+        # our calls fail (MPI_ERR_PROC_FAILED) instead of the launcher killing the job.
+        import os
+        self.fault_tolerant = os.environ.get("OMPI_MCA_mpi_ft_enable", "").strip().lower() in ("1", "true", "t",
+                                                                                             "yes", "y")
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.timeout_s = timeout_s
+        self.tag_ub = int(self.comm.Get_attr(MPI.TAG_UB) or 32767)
+
+    def _tag(self, tag):
+        return tag % (self.tag_ub + 1)
+
+    def isend(self, buf, dst, tag):
+        self.check_buffer(buf)
+        if buf.nbytes == 0:
+            return CompletedRequest()
+        req = self.comm.Isend([buf, self.MPI.BYTE], dest=dst, tag=self._tag(tag))
+        return _MPIRequest(req, buf, ("send of {} B to rank {}", buf.nbytes, dst), self, dst)
+
+    def irecv(self, buf, src, tag):
+        self.check_buffer(buf)
+        if buf.nbytes == 0:
+            return CompletedRequest()
+        req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
+        return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self, src)
+
+    def irecv_any(self, buf, tag):
+        self.check_buffer(buf)
+        status = self.MPI.Status()
+        req = self.comm.Irecv([buf, self.MPI.BYTE], source=self.MPI.ANY_SOURCE, tag=self._tag(tag))
+        return _MPIAnyRequest(req, buf, ("receive of up to {} B from any rank", buf.nbytes), self, status=status)
+
+    def wait_or_stop(self, req, stop):
+        sleep = 0.0
+        while not req.test():
+            if stop.is_set():
+                req.cancel()
+                return False
+            sleep = min(max(sleep * 2, 2e-5), 1e-3)
+            time.sleep(sleep)
+        return True
+
+    def drain(self, src, tag, nbytes, limit):
+        # A receive into an empty buffer consumes the message whatever its size (MPI_ERR_TRUNCATE,
+        # ignored): nothing is allocated for it.
+        req = self.comm.Irecv([np.empty(0, dtype=np.uint8), self.MPI.BYTE], source=src, tag=self._tag(tag))
+        return _DrainRequest(req, None, ("discarding {} B from rank {}", nbytes, src), self, src)
+
+    def progress(self):
+        # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
+        # With mpi_yield_when_idle it also sleeps when there was nothing to do: callers rate-limit.
+        try:
+            self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
+        except self.MPI.Exception:
+            pass    # e.g. a dead peer (ULFM): reported by the request that waits for it
+
+    def allgather_obj(self, obj):
+        return allgather_pickled(self.MPI, self.comm, obj, self.timeout_s)
+
+    def allgather_int64(self, values):
+        mine = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
+        out = np.empty((self.size, mine.size), dtype=np.int64)
+        self._wait(self.comm.Iallgather(mine, out), "allgather of control data")
+        return out
+
+    def barrier(self):
+        self._wait(self.comm.Ibarrier(), "barrier")
+
+    def _wait(self, req, what):
+        wait_polling(_MPIRequest(req, None, what, self), self.timeout_s, what)
 
     def revoke(self):
         """ULFM: make every pending and future operation on this communicator fail on every rank,

@@ -44,6 +44,29 @@ def round_trip(pg=None):
     assert torch.allclose(y, x * ndest), "Buffer round trip through a torch group failed"
 
 
+def check_store_private(rank):
+    """The rendezvous store that rank 0 opened under mpirun listens on the address the job uses only
+    (loopback: every rank is on this host), and a client that connects to it without the job's secret
+    key prefix cannot see the job's keys."""
+    import datetime
+    port = int(os.environ["MASTER_PORT"])
+    store = dist.distributed_c10d._get_default_store()
+    if rank == 0:
+        store.set("private-probe", b"job")
+        listeners = []
+        for line in open("/proc/net/tcp").read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if int(p, 16) == port and state == "0A":          # LISTEN
+                listeners.append(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+        assert listeners == ["127.0.0.1"], f"the store listens on {listeners}, not on loopback only"
+        outsider = dist.TCPStore("127.0.0.1", port, 1, False, datetime.timedelta(seconds=5))
+        assert not outsider.check(["private-probe"]), "an outsider reads the job's keys by their names"
+        outsider.set("private-probe", b"intruder")
+        assert store.get("private-probe") == b"job", "an outsider overwrote a job key"
+    dist.barrier()
+
+
 def session(n):
     dist.init_process_group("multiwrite")
     rank, P = dist.get_rank(), dist.get_world_size()
@@ -79,6 +102,8 @@ def session(n):
         t = torch.full((2,), float(rank))
         dist.broadcast(t, src=P - 1, group=sub)
         assert torch.all(t == P - 1)
+    if MPI:
+        check_store_private(rank)
     dist.barrier()
     print(f"[rank {rank}] session {n}: init OK (MASTER_ADDR={os.environ['MASTER_ADDR']}, "
           f"port {os.environ['MASTER_PORT']}, transport {g.transport.name}, {g.topo})", flush=True)

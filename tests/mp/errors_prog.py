@@ -19,6 +19,108 @@ def expect(exc_type, text, fn):
     raise AssertionError(f"no {exc_type.__name__} raised (expected {text!r})")
 
 
+def relay_fuzz(mw, torch, topo):
+    """Malformed and misdirected packets into node 1's relay (sent by rank 0 through the relay's own
+    transport): noise instead of a header, a write to an unknown window (with its payload), an
+    out-of-window write to a real window, a header claiming 2**40 payload bytes, a packet claiming
+    another source. The relay refuses each, keeps serving: valid writes that follow arrive intact, the
+    fence on node 1 reports the refusals once, and the next fence is clean."""
+    from multiwrite import _core, window as W
+    g = mw.default_group()
+    P, r = topo.world_size, topo.rank
+    assert topo.num_nodes == 2 and P == 4
+    win = mw.Window(1024)
+    relay = W._relay(g)
+    target = topo.node_ranks[1][0]           # node 1's relay (its leader)
+    refused_here = 0
+    if r == 0:
+        H = 64
+
+        def header(**kw):
+            a = dict(window_id=win.id, seq=0, src_rank=0, dest_node=1, dest_bitmap=0b11, offset=0, payload_len=16)
+            a.update(kw)
+            h = np.empty(H, np.uint8)
+            _core.build_header(h, **a)
+            return h
+
+        def counted():               # a packet to the real window: the fence expects it
+            win._seq_to_node[1] += 1
+            win._sent_to_node[1] += 1
+            return int(win._seq_to_node[1])
+
+        sends = []
+        noise = np.random.default_rng(5).integers(0, 256, H, dtype=np.uint8)
+        relay._sent[target] += 1
+        sends.append(relay.transport.isend(noise, target, W._TAG_HEADER))                        # 1: noise
+        sends += relay.post(target, header(window_id=win.id + 1000, seq=1, payload_len=1000),
+                            np.ones(1000, np.uint8))                                             # 2: unknown window
+        sends += relay.post(target, header(seq=counted(), offset=1020, payload_len=16),
+                            np.ones(16, np.uint8))                                               # 3: out of window
+        relay._sent[target] += 1
+        sends.append(relay.transport.isend(header(seq=counted(), payload_len=1 << 40), target, W._TAG_HEADER))  # 4
+        sends += relay.post(target, header(seq=counted(), src_rank=1, payload_len=16), np.ones(16, np.uint8))  # 5
+        refused_here = 3             # packets 3, 4 and 5 are for the real window
+        for q in sends[:1]:
+            q.wait(g.timeout_s)
+    # valid writes after the bad packets: every rank writes its rank into its slot of every window
+    data = torch.full((8,), r + 1, dtype=torch.uint8)
+    win.multi_write(data, [q for q in range(P) if q != r], offset=8 * r).wait()
+    if topo.node == 1:
+        e = expect(mw.MultiwriteError, "refused 3 packet(s)", win.fence)
+        print(f"rank {r}: fence reported: {e}", flush=True)
+    else:
+        win.fence()
+    got = win.tensor()[:8 * P].view(P, 8)
+    for q in range(P):
+        if q != r:
+            assert got[q].tolist() == [q + 1] * 8, (r, q, got[q].tolist())
+    win.multi_write(data, [q for q in range(P) if q != r], offset=512 + 8 * r).wait()
+    win.fence()                              # clean: nothing refused since the last fence
+    assert relay.error is None, relay.error
+    win.free()
+    print(f"rank {r}: relay_fuzz OK (refused by node 1's relay: {relay.refused if r == target else '-'}; "
+          f"sent {refused_here})", flush=True)
+
+
+def recv_drain(mw, torch, topo):
+    """A packet receive (_packets.PacketRecv) from a peer whose header announces a length this rank
+    does not expect: a MismatchError at once; a payload that was sent is drained, so the next packet
+    on the same tag lands intact; a header claiming 2**40 bytes allocates nothing (exact-size
+    transports drain only up to _packets.DRAIN_LIMIT)."""
+    from multiwrite import _packets
+    g = mw.default_group()
+    r = topo.rank
+    peer = {0: 2, 2: 0}.get(r)
+    if peer is not None:
+        tag = 77
+        if r == 0:
+            h = np.empty(64, np.uint8)
+            sends = _packets.send(g, h, np.full(1000, 1, np.uint8), peer, tag, window_id=9, seq=1, dest_bitmap=1)
+            h2 = np.empty(64, np.uint8)
+            sends += _packets.send(g, h2, np.full(100, 2, np.uint8), peer, tag, window_id=9, seq=2, dest_bitmap=1)
+            g.wait_all(sends, "recv_drain sends")
+            if not g.transport.exact_size_recv:
+                print(f"rank {r}: recv_drain OK", flush=True)
+                return
+            h3 = np.empty(64, np.uint8)
+            _packets.build(h3, window_id=9, seq=3, src_rank=0, dest_node=topo.node_of[peer], dest_bitmap=1, offset=0,
+                           payload_len=1 << 40)
+            g.transport.isend(h3, peer, tag).wait(g.timeout_s)
+        else:
+            payload, header = np.zeros(100, np.uint8), np.empty(64, np.uint8)
+            # (MPI reports the longer payload itself: MPI_ERR_TRUNCATE, which consumes the message)
+            expect(mw.MismatchError, "sent 1000 bytes, this rank expects 100" if g.transport.exact_size_recv else
+                   "sizes differ across ranks", lambda: _packets.PacketRecv(g, header, payload, peer, tag).wait(g.timeout_s))
+            _packets.PacketRecv(g, header, payload, peer, tag).wait(g.timeout_s)
+            assert payload.tolist() == [2] * 100 and header[16] == 2, payload[:8]
+            if g.transport.exact_size_recv:
+                t0 = time.monotonic()
+                expect(mw.MismatchError, f"sent {1 << 40} bytes",
+                       lambda: _packets.PacketRecv(g, header, payload, peer, tag).wait(g.timeout_s))
+                assert time.monotonic() - t0 < 5
+    print(f"rank {r}: recv_drain OK", flush=True)
+
+
 def main(case):
     mw.init()
     topo = mw.topology()
@@ -104,6 +206,34 @@ def main(case):
         assert r == 1 or checks > 1000, f"only {checks} checks"
         print(f"rank {r}: announce_race OK ({checks if r == 0 else k - first} {'checks' if r == 0 else 'announcements'})",
               flush=True)
+    elif case == "window_bad_size":
+        # one rank passes an invalid size: every rank raises at once (the size exchange carries it),
+        # nobody waits for the timeout (60 s here)
+        t0 = time.monotonic()
+        e = expect(mw.WindowError, "non-negative integer", lambda: mw.Window(-1 if r == P - 1 else 256))
+        took = time.monotonic() - t0
+        assert took < 10, f"took {took:.1f}s"
+        assert r == P - 1 or f"rank(s) [{P - 1}]" in str(e), e
+        win = mw.Window(64)               # the group is still usable
+        win.free()
+        print(f"rank {r}: window_bad_size OK ({took:.2f}s): {e}", flush=True)
+    elif case == "alltoall_splits":
+        # the last rank sends rank 0 one row more than rank 0 expects: every rank raises, not only the
+        # pair that disagrees
+        from multiwrite.alltoall import all_to_all_single
+        splits = [2] * P
+        if r == P - 1:
+            splits = [3] + [2] * (P - 2) + [1]
+        x = torch.arange(2 * P, dtype=torch.float32)
+        out = torch.empty(2 * P)
+        e = expect(mw.MismatchError, "split sizes differ", lambda: all_to_all_single(out, x, [2] * P, splits))
+        assert f"rank {P - 1} sends rank 0 12 bytes, rank 0 expects 8" in str(e), e
+        all_to_all_single(out, x)         # the group is still usable
+        print(f"rank {r}: alltoall_splits OK: {e}", flush=True)
+    elif case == "relay_fuzz":
+        relay_fuzz(mw, torch, topo)
+    elif case == "recv_drain":
+        recv_drain(mw, torch, topo)
     elif case == "timeout":
         # the last rank never calls the collective: the others must get a timeout, not hang
         if r == P - 1:
