@@ -30,7 +30,6 @@ _log = logging.getLogger("multiwrite")
 
 _TAG_HEADER = 1
 _STOP_WINDOW = 0xFFFFFFFF
-_PROCESSED_OFF = 0     # u32: packets the node relay has handled for this window (delivered or refused)
 _REFUSED_OFF = 4       # u32: packets the node relay refused for this window (malformed, out of bounds)
 _RELAY_DEAD_OFF = 8    # u32: 1 once the node relay stopped for good (its transport failed)
 _RELAY_MSG_OFF = 16    # 48 bytes: why the relay refused its last packet or stopped (NUL-padded)
@@ -48,7 +47,8 @@ def _body_tag(k):
     """Tag of the payload of that packet: every packet has tags of its own, so a refused packet's
     unread parts can never be taken for a later packet's."""
     return 3 + 2 * (k % _PACKET_TAGS)
-_ARRIVALS_OFF = 64     # u32 [local_size, world_size]: writes arrived per (destination, source)
+_ARRIVALS_OFF = 64     # u32 [local_size, world_size]: writes arrived per (destination, source), then
+#                        u32 [world_size]: packets the relay handled per source (what fence waits for)
 
 
 def _round64(n):
@@ -105,7 +105,7 @@ class Window:
         self._pending = []
         local = topo.local_ranks
         self._data_off = {}
-        off = _round64(_ARRIVALS_OFF + 4 * topo.local_size * topo.world_size)
+        off = _round64(_ARRIVALS_OFF + 4 * (topo.local_size + 1) * topo.world_size)
         for r in local:
             self._data_off[r] = off
             off += _round64(self.sizes[r])
@@ -138,6 +138,10 @@ class Window:
 
     def _arrival_off(self, dest_local, src):
         return _ARRIVALS_OFF + 4 * (dest_local * self.group.size + src)
+
+    def _handled_off(self, src):
+        """Offset of the count of ``src``'s packets this node's relay has handled (delivered or refused)."""
+        return _ARRIVALS_OFF + 4 * (self.group.topo.local_size * self.group.size + src)
 
     def arrivals(self):
         """int64 [world_size]: writes with notify that reached this rank's window, per source rank."""
@@ -225,16 +229,20 @@ class Window:
         g = self.group
         for req in self._pending:
             req.wait()
-        expected = int(g.allgather_int64(self._sent_to_node)[:, g.topo.node].sum())
+        sent = g.allgather_int64(self._sent_to_node, f"window {self.id} fence")[:, g.topo.node]
         if g.topo.num_nodes > 1:
+            # Per source: packets from different sources may arrive in any order, so a total could be
+            # reached by a packet that a rank sent after its own fence, before an older one landed.
             deadline = time.monotonic() + g.timeout_s
-            while not _core.wait_u32_ge(self._mem, _PROCESSED_OFF, expected & 0xFFFFFFFF, 0.05):
-                self._check_relay()
-                if time.monotonic() > deadline:
-                    raise MultiwriteTimeout(
-                        f"window {self.id} fence: the relay of node {g.topo.node} handled "
-                        f"{_core.atomic_load_u32(self._mem, _PROCESSED_OFF)} of {expected} packets within "
-                        f"{g.timeout_s:g}s (a writer died or hangs)")
+            for src in np.flatnonzero(sent):
+                target = int(sent[src]) & 0xFFFFFFFF
+                while not _core.wait_u32_ge(self._mem, self._handled_off(int(src)), target, 0.05):
+                    self._check_relay()
+                    if time.monotonic() > deadline:
+                        raise MultiwriteTimeout(
+                            f"window {self.id} fence: the relay of node {g.topo.node} handled "
+                            f"{_core.atomic_load_u32(self._mem, self._handled_off(int(src)))} of the {int(sent[src])} "
+                            f"packets rank {int(src)} sent it within {g.timeout_s:g}s (rank {int(src)} died or hangs)")
         g.node_barrier(f"window {self.id} fence")
         refused = _core.atomic_load_u32(self._mem, _REFUSED_OFF)
         if refused != self._refused_seen:
@@ -397,7 +405,7 @@ class _RelayService:
         if win is not None:
             _set_message(win, message)
             _core.atomic_add_u32(win._mem, _REFUSED_OFF, 1, False)
-            _core.atomic_add_u32(win._mem, _PROCESSED_OFF, 1)     # handled: its fence need not wait
+            _core.atomic_add_u32(win._mem, win._handled_off(src), 1)     # handled: its fence need not wait
 
     def _drain(self, src, k, info):
         """Discard the parts of a refused packet that follow its header (known from a valid header)."""
@@ -443,7 +451,7 @@ class _RelayService:
         if info["flags"] & _core.FLAG_NOTIFY:
             for r in dests:
                 _core.atomic_add_u32(win._mem, win._arrival_off(topo.local_rank_of[r], src), 1)
-        _core.atomic_add_u32(win._mem, _PROCESSED_OFF, 1)
+        _core.atomic_add_u32(win._mem, win._handled_off(src), 1)
 
     def _land(self, src, k, info, win, offsets):
         """Receive the offsets and the payload of packet ``k`` of ``src`` into the first destination's

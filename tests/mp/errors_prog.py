@@ -73,7 +73,9 @@ def relay_fuzz(mw, torch, topo):
     got = win.tensor()[:8 * P].view(P, 8)
     for q in range(P):
         if q != r:
-            assert got[q].tolist() == [q + 1] * 8, (r, q, got[q].tolist())
+            assert got[q].tolist() == [q + 1] * 8, (r, q, got.tolist(), win.arrivals().tolist(),
+                                                    [_core.atomic_load_u32(win._mem, o) for o in (0, 4, 8)],
+                                                    dict(relay._received), relay.refused)
     win.multi_write(data, [q for q in range(P) if q != r], offset=512 + 8 * r).wait()
     win.fence()                              # clean: nothing refused since the last fence
     assert relay.error is None, relay.error
