@@ -1,10 +1,10 @@
-"""Tests of launch/vcluster, the virtual cluster (network + UTS namespaces, tc-shaped links).
+"""Tests of launch/vcluster, the virtual cluster (network + UTS namespaces, tc-shaped links), and of its
+package launch/vclusterlib (the functions tested without namespaces).
 
 They need root, iproute2 (ip, tc) and util-linux (unshare) and are skipped otherwise.  Every run uses its
 own prefix, so they may run next to other vcluster users; each test checks that nothing is left behind.
 """
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -73,16 +73,16 @@ def explain(p):
 # option parsing (no namespaces)
 
 
-def _load_module():
-    loader = importlib.machinery.SourceFileLoader("vcluster_mod", VC)
-    spec = importlib.util.spec_from_loader("vcluster_mod", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+def _lib(module):
+    """launch/vclusterlib.<module>, imported the way launch/vcluster finds it (launch/ on sys.path)."""
+    launch = os.path.dirname(VC)
+    if launch not in sys.path:
+        sys.path.insert(0, launch)
+    return importlib.import_module(f"vclusterlib.{module}")
 
 
 def test_units_and_help():
-    m = _load_module()
+    m = _lib("units")
     assert m.parse_rate("1gbit") == 10 ** 9
     assert m.parse_rate("50mbit") == 50 * 10 ** 6
     assert m.parse_rate("100kbit") == 10 ** 5
@@ -146,7 +146,7 @@ def test_env_and_tc_config_both_sides():
 
 def test_failure_hints():
     """A failed ip/tc command on a host without a kernel feature or privilege says what to do."""
-    m = _load_module()
+    m = _lib("processes")
     hint = m.failure_hint(["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb"],
                           "Error: Specified qdisc kind is unknown.")
     assert "modprobe sch_htb" in hint
@@ -160,7 +160,7 @@ def test_failure_hints():
 def test_tcp_congestion_choice():
     """The choice logic on made-up kernels: auto prefers cubic, falls back to reno, then to the
     namespace's own; a name is checked against what a namespace may select, not what the kernel has."""
-    m = _load_module()
+    m = _lib("tcp_congestion")
     choose = m.choose_tcp_cc
     assert choose("auto", ["reno", "cubic", "bbr"], ["reno", "cubic", "bbr"], "bbr") == ("cubic", None)
     name, note = choose("auto", ["reno", "bbr"], ["reno", "bbr", "cubic"], "bbr")
@@ -169,12 +169,12 @@ def test_tcp_congestion_choice():
     assert name == "bbr" and "kept the namespace's own" in note
     assert choose("inherit", ["reno"], ["reno", "cubic"], "bbr") == ("bbr", "inherited")
     assert choose("bbr", ["reno", "bbr"], ["reno", "bbr", "cubic"], "reno") == ("bbr", None)
-    with pytest.raises(m.VClusterError) as e:
+    with pytest.raises(_lib("common").VClusterError) as e:
         choose("cubic", ["reno", "bbr"], ["reno", "bbr", "cubic"], "bbr")
     msg = str(e.value)
     assert "may not select it" in msg and "allowed: reno bbr" in msg and "available: reno bbr cubic" in msg
     assert "tcp_allowed_congestion_control='reno bbr cubic'" in msg
-    with pytest.raises(m.VClusterError) as e:
+    with pytest.raises(_lib("common").VClusterError) as e:
         choose("nosuchcc", ["reno"], ["reno", "cubic"], "reno")
     assert "no such congestion control" in str(e.value) and "available: reno cubic" in str(e.value)
 
@@ -300,7 +300,7 @@ def test_c_delay_line_carries_bulk_at_the_shaped_rate():
 
 def test_delay_line_c_build_error_is_clear(tmp_path, monkeypatch):
     """--delay-line c without a working compiler is an error that says why (auto falls back)."""
-    m = _load_module()
+    m = _lib("delayline")
     monkeypatch.setattr(m, "BIN_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setattr(m.shutil, "which", lambda name: None)
