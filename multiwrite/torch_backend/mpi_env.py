@@ -1,0 +1,118 @@
+"""Launch under mpirun: the MPI launcher's environment becomes torch.distributed's, and ``env://``
+rendezvouses through MPI.
+
+* torchrun (or ``MASTER_ADDR`` set): torch's own ``env://`` is used unchanged.
+* mpirun (``OMPI_COMM_WORLD_SIZE``/``PMI_SIZE``/... set and ``MASTER_ADDR`` unset): importing
+  multiwrite sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` from the MPI
+  environment (``set_env_from_mpi_launcher``); the first ``init_process_group`` (``env://``) then
+  rendezvouses through MPI (``install_rendezvous_hook``; the rendezvous itself is
+  ``multiwrite/transport/rendezvous.py``): rank 0 starts a TCPStore on a port the kernel picks (port 0,
+  so no race for a "free" port) on the one address the other ranks reach it by (loopback when every
+  rank is on its node, else its address on the subnet the other nodes share;
+  ``MULTIWRITE_MASTER_ADDR`` overrides), and tells the others through MPI; every key lives under a
+  per-job secret prefix. ``MASTER_ADDR``/``MASTER_PORT`` are set afterwards for other libraries. The
+  multiwrite transport is MPI (``MULTIWRITE_TRANSPORT`` overrides: ``gloo`` works too).
+"""
+import datetime
+import os
+
+from .. import _config
+from .transports import timeout_seconds
+
+_MPI_ENV_KEYS = (  # (rank, size, local rank, local size) per MPI launcher
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),       # MPICH / Intel MPI (Hydra)
+    ("PMIX_RANK", "SLURM_NTASKS", "SLURM_LOCALID", None),   # srun --mpi=pmix (local size from MPI)
+)
+
+
+def _mpi_rendezvous_wanted() -> bool:
+    """Launched by MPI without torchrun's rendezvous variables (or we did the MPI rendezvous before)."""
+    return _config.launched_by_mpi() and ("MASTER_ADDR" not in os.environ or _mpi_state["done"])
+
+
+def _mpi_env_values():
+    for keys in _MPI_ENV_KEYS:
+        values = [os.environ.get(k) if k else None for k in keys]
+        if values[0] is not None and values[1] is not None:
+            return values
+    return None
+
+
+def set_env_from_mpi_launcher():
+    """At import: RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE from the MPI launcher (never overrides)."""
+    if not _config.launched_by_mpi() or "MASTER_ADDR" in os.environ:
+        return
+    values = _mpi_env_values()
+    if values is None:
+        return          # filled in from mpi4py at the first init_process_group
+    for name, value in zip(("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"), values):
+        if value is not None:
+            os.environ.setdefault(name, value)
+
+
+_mpi_state = {"done": False}
+
+
+def _mpi_rendezvous(url, timeout):
+    """env:// under mpirun without MASTER_ADDR: a TCPStore on rank 0, found through MPI
+    (transport/rendezvous.py: bound to the address the job uses, keys under a per-job secret prefix)."""
+    from urllib.parse import parse_qs, urlparse
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("multiwrite: launched by MPI without MASTER_ADDR, so the rendezvous goes "
+                           "through MPI, but mpi4py is not installed (pip install mpi4py), or set "
+                           "MASTER_ADDR/MASTER_PORT") from exc
+    from ..transport import rendezvous
+    from ..transport.mpi import init_mpi
+    timeout_s = timeout_seconds(timeout)
+    MPI = init_mpi(timeout_s)
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    query = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
+    for name, mine in (("rank", rank), ("world_size", size)):
+        if name in query and int(query[name]) != mine:
+            raise ValueError(f"multiwrite: init_process_group({name}={query[name]}) but MPI says "
+                             f"{name}={mine}; under mpirun leave rank/world_size to MPI")
+    port = _config._int_setting("MASTER_PORT", 0, 0) if not _mpi_state["done"] else 0
+    store, rank, size, addr, port = rendezvous.mpi_store(timeout_s, port)
+    for k, v in (("RANK", rank), ("WORLD_SIZE", size)):
+        if k in os.environ and os.environ[k] != str(v):
+            raise RuntimeError(f"multiwrite: {k}={os.environ[k]} in the environment, but MPI says {v}")
+        os.environ[k] = str(v)
+    if "LOCAL_RANK" not in os.environ or "LOCAL_WORLD_SIZE" not in os.environ:
+        # The launcher did not say (set at import from OMPI_COMM_WORLD_LOCAL_RANK etc. otherwise).
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        os.environ.setdefault("LOCAL_RANK", str(local.Get_rank()))
+        os.environ.setdefault("LOCAL_WORLD_SIZE", str(local.Get_size()))
+        local.Free()
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    os.environ.setdefault("MULTIWRITE_TRANSPORT", "mpi")
+    _mpi_state["done"] = True
+    yield store, rank, size
+    raise RuntimeError("multiwrite: re-rendezvous through MPI is not supported")
+
+
+def install_rendezvous_hook():
+    """Route env:// through MPI when launched by mpirun without MASTER_ADDR (else torch's own env://)."""
+    import importlib
+    _rdzv = importlib.import_module("torch.distributed.rendezvous")   # dist.rendezvous is the function
+    handlers = getattr(_rdzv, "_rendezvous_handlers", None)
+    if handlers is None or "env" not in handlers:
+        if _config.launched_by_mpi() and "MASTER_ADDR" not in os.environ:
+            import warnings
+            warnings.warn("multiwrite: cannot hook torch's env:// rendezvous in this torch version; "
+                          "under mpirun set MASTER_ADDR/MASTER_PORT yourself", RuntimeWarning, stacklevel=3)
+        return
+    if getattr(handlers["env"], "_multiwrite", False):
+        return
+    torch_env = handlers["env"]
+
+    def env_or_mpi(url, timeout=datetime.timedelta(minutes=30), **kwargs):
+        if _mpi_rendezvous_wanted():
+            return _mpi_rendezvous(url, timeout)
+        return torch_env(url, timeout=timeout, **kwargs)
+
+    env_or_mpi._multiwrite = True
+    handlers["env"] = env_or_mpi

@@ -1,0 +1,143 @@
+"""The ops that run on multiwrite's own operators (the group's transport and node shared memory).
+
+* on MultiWrite (one copy per receiving node, replicated through the node's shared memory):
+  ``all_gather_into_tensor`` / ``all_gather_single`` / ``_all_gather_base``, ``all_gather`` (uneven
+  sizes too, padded to the largest), ``broadcast`` (and everything built on them, e.g.
+  ``all_gather_object``, ``broadcast_object_list``, DDP's initial parameter broadcast, FSDP's parameter
+  all-gathers);
+* on the multiwrite runtime without replication (nothing to deduplicate: every chunk has one
+  destination): ``all_to_all_single`` (equal and uneven splits) and ``all_to_all`` (uneven sizes too,
+  through one ``all_to_all_single``) -- multiwrite/alltoall.py, shared memory inside a node.
+
+They complete before they return (their Work is already done).
+"""
+import torch
+import torch.distributed as dist
+
+from .checks import (
+    check_cpu,
+    check_output_input,
+    check_same_dtype,
+    check_world_multiple,
+)
+from .work import completed
+
+
+class NativeOps:
+    """Mixin of ProcessGroupMultiwrite: the ops above, on ``self.mw_group`` (``self._rank``,
+    ``self._size``: this rank and the group's size)."""
+
+    # -- on MultiWrite ----------------------------------------------------------------------------
+    def all_gather_single(self, output, input, opts=None):
+        from ..allgather import all_gather
+        what = "all_gather_into_tensor"
+        check_output_input(what, output, input)
+        check_world_multiple(what, "output", output, input, self._size)
+        all_gather(output, input, group=self.mw_group)
+        return completed([output])
+
+    def _allgather_base(self, output, input, opts=None):
+        return self.all_gather_single(output, input, opts)
+
+    def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
+        for o, i in zip(outputs, inputs):
+            self.all_gather_single(o, i, opts)
+        return completed(list(outputs))
+
+    def all_gather_single_coalesced(self, outputs, inputs, opts=None):
+        return self.allgather_into_tensor_coalesced(outputs, inputs, opts)
+
+    def allgather(self, output_lists, input_list, opts=None):
+        from ..allgather import all_gather
+        what = "all_gather"
+        if len(input_list) != 1 or len(output_lists) != 1:
+            raise ValueError(f"multiwrite backend: {what} takes one input tensor and one output list per "
+                             f"process (got {len(input_list)} inputs, {len(output_lists)} output lists)")
+        x, outs = input_list[0], list(output_lists[0])
+        check_cpu(what, x, *outs)
+        if len(outs) != self._size:
+            raise ValueError(f"multiwrite backend: {what}: output list has {len(outs)} tensors, "
+                             f"world size is {self._size}")
+        check_same_dtype(what, [x] + outs)
+        if outs[self._rank].numel() != x.numel():
+            raise ValueError(f"multiwrite backend: {what}: this rank's output slot has "
+                             f"{outs[self._rank].numel()} elements, its input has {x.numel()}")
+        n = max(o.numel() for o in outs)
+        src = x.reshape(-1)
+        if x.numel() != n:           # uneven sizes: every chunk padded to the largest
+            src = torch.zeros(n, dtype=x.dtype)
+            src[:x.numel()] = x.reshape(-1)
+        gathered = torch.empty(self._size * n, dtype=x.dtype)
+        all_gather(gathered, src, group=self.mw_group)
+        with torch.no_grad():
+            for r, o in enumerate(outs):
+                o.copy_(gathered[r * n:r * n + o.numel()].view(o.shape))
+        return completed(output_lists)
+
+    def allgather_coalesced(self, output_lists, input_list, opts=None):
+        for outs, x in zip(output_lists, input_list):
+            self.allgather([outs], [x], opts)
+        return completed(output_lists)
+
+    def broadcast(self, tensors, opts=None):
+        from ..broadcast import broadcast
+        root = opts.rootRank if opts is not None else 0
+        index = opts.rootTensor if opts is not None else 0
+        check_cpu("broadcast", *tensors)
+        broadcast(tensors[index], root, group=self.mw_group)
+        with torch.no_grad():
+            for i, t in enumerate(tensors):
+                if i != index:
+                    t.copy_(tensors[index])
+        return completed(tensors)
+
+    # -- on the runtime, one copy per destination rank ----------------------------------------------
+    def _check_splits(self, what, name, t, splits):
+        splits = list(splits or [])
+        if splits:
+            if len(splits) != self._size or any(s < 0 for s in splits):
+                raise ValueError(f"multiwrite backend: {what}: {name}_split_sizes must have "
+                                 f"{self._size} non-negative entries, got {splits}")
+            if sum(splits) != (t.size(0) if t.dim() else 1):
+                raise ValueError(f"multiwrite backend: {what}: {name}_split_sizes sum to "
+                                 f"{sum(splits)}, but the {name} has {t.size(0)} rows")
+        elif t.dim() == 0 or t.size(0) % self._size:
+            raise ValueError(f"multiwrite backend: {what}: the {name}'s first dimension "
+                             f"({t.size(0) if t.dim() else 'scalar'}) is not divisible by the "
+                             f"world size ({self._size}); pass split sizes")
+
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        opts = opts or dist.AllToAllOptions()
+        what = "all_to_all_single"
+        check_output_input(what, output, input)
+        self._check_splits(what, "input", input, input_split_sizes)
+        self._check_splits(what, "output", output, output_split_sizes)
+        from ..alltoall import all_to_all_single
+        all_to_all_single(output, input, list(output_split_sizes or []) or None,
+                          list(input_split_sizes or []) or None, group=self.mw_group)
+        return completed([output])
+
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        return self.all_to_all_single(output, input, output_split_sizes, input_split_sizes, opts)
+
+    def alltoall(self, outputs, inputs, opts=None):
+        what = "all_to_all"
+        outputs, inputs = list(outputs), list(inputs)
+        if len(outputs) != self._size or len(inputs) != self._size:
+            raise ValueError(f"multiwrite backend: {what} needs {self._size} input and output tensors, "
+                             f"got {len(inputs)} and {len(outputs)}")
+        check_cpu(what, *outputs, *inputs)
+        check_same_dtype(what, outputs + inputs)
+        flat_in = torch.cat([t.reshape(-1) for t in inputs]) if inputs else torch.empty(0)
+        flat_out = torch.empty(sum(t.numel() for t in outputs), dtype=outputs[0].dtype)
+        in_splits = [t.numel() for t in inputs]
+        out_splits = [t.numel() for t in outputs]
+
+        from ..alltoall import all_to_all_single
+        all_to_all_single(flat_out, flat_in, out_splits, in_splits, group=self.mw_group)
+        with torch.no_grad():
+            off = 0
+            for t in outputs:
+                t.copy_(flat_out[off:off + t.numel()].view(t.shape))
+                off += t.numel()
+        return completed(outputs)
