@@ -1,19 +1,31 @@
-"""Benchmarks: ``python -m multiwrite.bench <name> [options]``.
+"""Benchmarks: ``python -m multiwrite.bench <name> [options]`` (the command line: cli.py).
 
-Each benchmark is a module of this package with ``add_arguments(parser)`` and ``main(args) -> int``
-(a module docstring's first line is its help). ``BENCHMARKS`` maps subcommand names to modules;
-names whose module does not exist yet are left out of the command line.
+Each benchmark is a module of this package with ``add_arguments(parser)`` (collectives:
+``add_arguments(parser, name)``) and ``main(args) -> int``; its help is ``DOCS[name]`` or its module
+docstring (the first line is the one-line help). ``BENCHMARKS`` maps subcommand names to modules.
+
+The collective benchmarks share small modules, imported in one direction only (benchmarks -> shared,
+never back): options.py (flags), context.py (SPMD set-up), harness.py (interleaved timing),
+checks.py, bound.py (physical bound), report.py (rows, tables, JSON), plot.py. The benchmarks:
+allgather.py; moe.py (dispatch and combine: moe_workload.py, dispatch.py, combine.py); all.py (the
+three in one launch); core.py (C++ core pack/unpack throughput, single process). common.py only
+re-exports names for older imports (``from multiwrite.bench.common import show``).
 """
 import importlib
 import importlib.util
 
-BENCHMARKS = {
+from .._util import format_size, parse_size, parse_sizes  # noqa: F401  (their home before multiwrite._util)
+
+TOOLS = {
     "core": "multiwrite.bench.core",            # C++ core pack/unpack throughput vs memcpy
+}
+COLLECTIVES = {                                 # nccl-tests style: interleaved, checked, physical bound
     "allgather": "multiwrite.bench.allgather",
-    "dispatch": "multiwrite.bench.dispatch",
-    "combine": "multiwrite.bench.combine",
+    "dispatch": "multiwrite.bench.moe",
+    "combine": "multiwrite.bench.moe",
     "all": "multiwrite.bench.all",
 }
+BENCHMARKS = {**TOOLS, **COLLECTIVES}
 
 
 def available():
@@ -31,38 +43,3 @@ def available():
 
 def load(name):
     return importlib.import_module(available()[name])
-
-
-def parse_size(text):
-    """'64K' -> 65536, '1M', '2G', '4096' (binary units)."""
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    num = t[:-1] if t[-1:] in "KMG" else t
-    try:
-        value = int(float(num) * mult)
-    except ValueError:
-        raise ValueError(f"bad size {text!r} (examples: 4096, 64K, 1M, 2G)") from None
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return value
-
-
-def parse_sizes(text, factor=4):
-    """'64K..64M' -> 64K, 256K, ... 64M (times ``factor``); '1M,4M' -> a list."""
-    if ".." in text:
-        lo, hi = (parse_size(p) for p in text.split("..", 1))
-        if lo > hi:
-            raise ValueError(f"empty size range {text!r}")
-        sizes = []
-        while lo <= hi:
-            sizes.append(lo)
-            lo *= factor
-        return sizes
-    return [parse_size(p) for p in text.split(",") if p.strip()]
-
-
-def format_size(n):
-    for unit, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= m and n % m == 0:
-            return f"{n // m}{unit}"
-    return str(n)

@@ -22,18 +22,21 @@ two barriers included), ``dedup`` (direct unicast bytes L*(P-L)*c / these bytes)
 busiest node link must carry max(L*(N-1)*c out, (P-L)*c in) bytes at the link rate, plus one
 node-to-node latency), ``time/bound`` and ``vs best base`` (time / the faster of MPI and Gloo).
 """
-import sys
-
 import numpy as np
 import torch
 
-from . import common, format_size
+from .._util import format_size
+from .bound import bound_us, link_params
+from .checks import count_wrong_elements
+from .harness import Impl, MWImpl, Progress, available_impls, run_interleaved, run_main
+from .options import DTYPES, add_common_arguments, check_common_args, element_size, sizes_from_args
+from .report import header_lines, make_rows, run_metadata
 
 DEFAULT_MIN, DEFAULT_MAX = 4 << 10, 4 << 20
 
 
 def add_arguments(parser, name="allgather"):
-    common.add_common_arguments(parser, sizes_help="bytes per rank, smallest size (default 4K; 1K, 64K, 1M ...)")
+    add_common_arguments(parser, sizes_help="bytes per rank, smallest size (default 4K; 1K, 64K, 1M ...)")
     parser.set_defaults(_default_sizes=(DEFAULT_MIN, DEFAULT_MAX))
 
 
@@ -72,10 +75,10 @@ class _Data:
         np.bitwise_xor(self.expected, 0xFF, out=self.out_bytes)   # every element wrong until written
 
     def wrong(self):
-        return common.count_wrong_elements(self.out_bytes, self.expected, self.esize)
+        return count_wrong_elements(self.out_bytes, self.expected, self.esize)
 
 
-class _Base(common.Impl):
+class _Base(Impl):
     def __init__(self, ctx, data):
         self.ctx, self.data = ctx, data
 
@@ -103,9 +106,7 @@ class GlooAllgather(_Base):
         dist.all_gather_into_tensor(self.data.out, self.data.x, group=self.ctx.gloo)
 
 
-class MWAllgather(_Base):
-    uses_mw = True
-
+class MWAllgather(_Base, MWImpl):
     def __init__(self, ctx, data, mode):
         super().__init__(ctx, data)
         self.name = self.mode = mode
@@ -113,10 +114,6 @@ class MWAllgather(_Base):
     def run(self):
         import multiwrite as mw
         mw.all_gather(self.data.out, self.data.x, mode=self.mode)
-
-    def inter_bytes(self):
-        import multiwrite as mw
-        return mw.stats()["inter_node"]["bytes"]
 
 
 def _impls(ctx, names, data):
@@ -131,25 +128,17 @@ def _impls(ctx, names, data):
     return out
 
 
-def available_impls(ctx, names):
-    if ctx.comm is None and "mpi" in names:
-        if ctx.rank == 0:
-            print("# note: not launched by mpirun: MPI's own collective is left out", file=sys.stderr)
-        names = [n for n in names if n != "mpi"]
-    return names
-
-
 def bench(ctx, args, sizes=None):
     """Run the AllGather sweep; returns the benchmark document (rows + metadata)."""
-    names = available_impls(ctx, common.check_common_args(args))
-    dtype = common.DTYPES[args.dtype]
-    esize = torch.empty(0, dtype=dtype).element_size()
+    names = available_impls(ctx, check_common_args(args))
+    dtype = DTYPES[args.dtype]
+    esize = element_size(args.dtype)
     if sizes is None:
-        sizes = common.sizes_from_args(args, DEFAULT_MIN, DEFAULT_MAX)
-    rate, delay_us, rate_src = common.link_params(args)
+        sizes = sizes_from_args(args, DEFAULT_MIN, DEFAULT_MAX)
+    rate, delay_us, rate_src = link_params(args)
     topo = ctx.topo
     P, N = ctx.size, topo.num_nodes
-    progress = common.Progress(ctx, args.quiet, "allgather")
+    progress = Progress(ctx, args.quiet, "allgather")
     rows = []
     for size in sizes:
         c = (size // esize) * esize
@@ -159,38 +148,31 @@ def bench(ctx, args, sizes=None):
         impls = _impls(ctx, names, data)
         progress(f"size {format_size(c)} per rank: {len(impls)} implementations x "
                  f"{args.warmup_iters}+{args.iters} iterations", force=True)
-        res = common.run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"{format_size(c)}:",
-                                         order=args.order)
+        res = run_interleaved(ctx, impls, args.iters, args.warmup_iters, progress, f"{format_size(c)}:",
+                              order=args.order)
         L = [len(topo.node_ranks[m]) for m in range(N)]
         egress = [L[m] * (N - 1) * c for m in range(N)]
         ingress = [(P - L[m]) * c for m in range(N)]
-        bound = common.bound_us(egress, ingress, rate, delay_us) if N > 1 else None
+        bound = bound_us(egress, ingress, rate, delay_us) if N > 1 else None
         unicast_bytes = max(L[m] * (P - L[m]) * c for m in range(N))
-        size_rows = common.make_rows(res, size=c, count=c // esize, type_name=args.dtype, bound=bound, P=P,
-                                     alg_bytes=P * c, bus_factor=(P - 1) / P)
+        size_rows = make_rows(res, size=c, count=c // esize, type_name=args.dtype, bound=bound, P=P,
+                          alg_bytes=P * c, bus_factor=(P - 1) / P)
         for r in size_rows:
             r["dedup_ratio"] = unicast_bytes / r["inter_node_bytes"] if r.get("inter_node_bytes") else None
             r["bytes_min_per_node"] = max(egress) if N > 1 else 0
         rows += size_rows
         del data, impls
-    meta = common.run_metadata(ctx, args, rate, delay_us, rate_src)
+    meta = run_metadata(ctx, args, rate, delay_us, rate_src)
     meta["dtype"] = args.dtype
     return {"benchmark": "allgather", "meta": meta, "rows": rows, "size_label": "bytes per rank (c)",
             "title": f"AllGather ({args.dtype}), {P} ranks / {N} nodes",
-            "header": common.header_lines(ctx, "allgather", args, rate, delay_us)
+            "header": header_lines(ctx, "allgather", args, rate, delay_us)
             + f"\n# AllGather of {args.dtype}: size = bytes per rank c; output P*c; bound from the minimum "
               f"L*(N-1)*c bytes out of each node"}
 
 
 def main(args):
-    try:
-        common.check_common_args(args)
-        common.sizes_from_args(args, DEFAULT_MIN, DEFAULT_MAX)
-    except ValueError as e:
-        return common.fail(None, str(e))
-    ctx = common.Context(barrier=args.barrier)
-    try:
-        doc = bench(ctx, args)
-        return common.emit(ctx, args, [doc])
-    finally:
-        ctx.close()
+    def prepare():
+        check_common_args(args)
+        sizes_from_args(args, DEFAULT_MIN, DEFAULT_MAX)
+    return run_main(args, prepare, lambda ctx, _: [bench(ctx, args)])

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import format_size, parse_sizes
+from .._util import format_size, parse_sizes
 from .. import _core
 
 DEFAULT_SIZES = "64K..64M"
