@@ -200,7 +200,7 @@ def main(case):
                 k += 1
                 g.announce(k, sig(k))
             else:
-                k = int(g.ctrl[G._ANNOUNCE + 64:G._ANNOUNCE + 72].view(np.int64)[0])
+                k = int(g.ctrl[G._ANNOUNCE + G._SLOT:G._ANNOUNCE + G._SLOT + 8].view(np.int64)[0])
                 if k > first:
                     g.check_announcements("announce race", k, sig(k))     # raises on a torn read
                     checks += 1
