@@ -35,10 +35,6 @@ def describe(window_id):
     return f"window {window_id}"
 
 
-def full_bitmap(n):
-    return (1 << n) - 1
-
-
 def build(out, *, window_id, seq, src_rank, dest_node, dest_bitmap, offset, payload_len):
     _core.build_header(out, window_id=window_id, seq=seq, src_rank=src_rank, dest_node=dest_node,
                        dest_bitmap=dest_bitmap, offset=offset, payload_len=payload_len)

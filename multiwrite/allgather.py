@@ -13,6 +13,7 @@ import numpy as np
 from time import perf_counter as _pc
 
 from . import _core, _dtypes, _packets, _tensors
+from .engine import tree
 from ._config import check_mode
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
 from .group import ROUND_STAGING_BYTES, resolve, tag_for
@@ -92,7 +93,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         slot = topo.local_rank * c
     else:
         # I relay the chunks whose sources map to me; they land in the node's staging buffer.
-        senders = [s for s in remote if topo.relay_for(s, topo.node) == r]
+        senders = tree.relayed_by(topo, r, remote)
         landing = lambda s: staging[s * c:(s + 1) * c]
         slot = r * c
     for i, s in enumerate(senders):
@@ -103,11 +104,8 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
     if topo.local_size > 1:
         g.stats.add_intra(c)
 
-    if unicast:
-        targets = [(d, 1 << topo.local_rank_of[d], d * c) for d in remote]
-    else:
-        targets = [(topo.relay_for(r, m), _packets.full_bitmap(len(topo.node_ranks[m])), r * c)
-                   for m in range(topo.num_nodes) if m != topo.node]
+    _, hops = tree.plan(topo, r, range(P), relay=None if unicast else tree.spread, per_rank=unicast)
+    targets = [(hop.relay, hop.bitmap, hop.relay * c if unicast else r * c) for hop in hops]
     headers_out = _packets.header_buffers(g, "allgather_hout", len(targets))
     sends = []
     for i, (d, bitmap, offset) in enumerate(targets):
@@ -145,7 +143,7 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         # each relay's chunks as it arrives, while the slower relays' chunks are still landing.
         relayed = {}
         for s in remote:
-            relayed.setdefault(topo.local_rank_of[topo.relay_for(s, topo.node)], []).append(s)
+            relayed.setdefault(topo.local_rank_of[tree.spread(topo, s, topo.node)], []).append(s)
 
         def copy_relayed(i):
             for s in relayed.get(i, ()):
@@ -262,7 +260,7 @@ class _SmallPlan:
         mine = topo.node_ranks[topo.node]
         self.payload_len = len(mine) * c
         self.packet_offset = mine[0] * c
-        self.bitmaps = [_packets.full_bitmap(size) for _, _, size in self.others]
+        self.bitmaps = [tree.full_bitmap(size) for _, _, size in self.others]
         self.dests = tuple((m, bitmap) for (m, _, _), bitmap in zip(self.others, self.bitmaps))
         # the slots pack_node_packets compares: the signature _all_gather_small announces has 6 values
         self.signature_slots = [g.round_signature_slots(parity, 6) for parity in (0, 1)]
@@ -299,7 +297,8 @@ def _payload_pieces(ranks, c):
 
 def _other_nodes(topo):
     """(node, its leader, its number of ranks) of every other node."""
-    return [(m, topo.node_ranks[m][0], len(topo.node_ranks[m])) for m in range(topo.num_nodes) if m != topo.node]
+    return [(m, tree.leader(topo, topo.rank, m), len(topo.node_ranks[m])) for m in range(topo.num_nodes)
+            if m != topo.node]
 
 
 def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error=None):
@@ -447,7 +446,7 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
     P, c, r, H = g.size, src.nbytes, g.rank, _packets.HEADER
     fused = not g.transport.exact_size_recv
     remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
-    senders = [s for s in range(P) if not topo.same_node(s) and topo.relay_for(s, topo.node) == r]
+    senders = tree.relayed_by(topo, r, range(P))
     if fused:
         inbox = g.private_buffer(f"allgather_small_rin{rnd.parity}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
         recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
@@ -457,10 +456,10 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
                  for i, s in enumerate(senders)]
     sends = []
     outbox = g.private_buffer(f"allgather_small_rout{rnd.parity}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
-    for i, m in enumerate(remote_nodes):
-        d = topo.relay_for(r, m)
+    for i, hop in enumerate(tree.plan(topo, r, range(P))[1]):
+        m, d = hop.node, hop.relay
         _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
-                       dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])), offset=r * c, payload_len=c)
+                       dest_bitmap=hop.bitmap, offset=r * c, payload_len=c)
         g.stats.add_inter(H + c, m)
         if fused:
             outbox[i, H:] = src

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import _core, _dtypes, _packets
+from .engine import tree
 from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
 from .errors import MismatchError, MultiwriteTimeout
 from .group import resolve, tag_for
@@ -114,7 +115,7 @@ def combine(y, handle, *, group=None):
         if kind == "node" and who == node:
             own_unit = u
             continue
-        src = topo.relay_for(g.rank, who) if kind == "node" else who
+        src = tree.spread(topo, g.rank, who) if kind == "node" else who
         cuts = _packets.pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
         for i in range(len(cuts) - 1):
             a, b = offs[u] + cuts[i], offs[u] + cuts[i + 1]

@@ -23,6 +23,7 @@ import torch
 from time import perf_counter as _pc
 
 from . import _core, _dtypes, _packets
+from .engine import tree
 from ._config import check_mode
 from .errors import MismatchError, PeerFailure
 from .group import resolve, tag_for
@@ -175,7 +176,6 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     else:
         mode = g.mode if mode is None else check_mode(mode)
         status = _check_inputs(g, x, topk_idx, topk_weights, num_experts)
-    T = x.shape[0] if status is None else 0
     k = topk_idx.shape[1] if status is None else 0
     row_bytes = x.shape[1] * x.element_size() if status is None else 0
 
@@ -211,12 +211,11 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     rank_counts = np.ascontiguousarray(table[:, len(_META) + N:])               # [P, P]
     unicast = mode == "unicast"
 
-    rec, x_bytes, idx_np, w_np = outgoing.rec, outgoing.x_bytes, outgoing.idx_np, outgoing.w_np
+    rec = outgoing.rec
 
     # Node receive buffer: records from every source for this node, in source-rank order. In unicast
     # mode, remote sources' records for this rank go to a private buffer instead.
     node = topo.node
-    local_src = [s for s in range(P) if topo.node_of[s] == node]
     node_in = node_counts[:, node].copy()
     if unicast:
         node_in[[s for s in range(P) if topo.node_of[s] != node]] = 0
@@ -241,10 +240,13 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     fbytes = flag_bytes(P + L + 1)
     need = fbytes + int(node_off[-1])
     shared = g.node_buffer("dispatch_recv", need)
-    node_buf = shared[fbytes:]
     _wait_done(g, what, shared, 4 * P)
+    routing = _Routing(x=x, topk_idx=topk_idx, topk_weights=topk_weights, num_experts=int(num_experts), k=k,
+                       row_bytes=row_bytes, mode=mode, cached=cached, handle=handle, node_offsets=node_offsets,
+                       node_tokens=node_tokens, node_bitmaps=node_bitmaps, rank_offsets=rank_offsets,
+                       rank_tokens=rank_tokens, node_counts=node_counts, rank_counts=rank_counts)
     try:
-        return _dispatch_recv(**locals())
+        return _dispatch_recv(g, seq, what, routing, outgoing, sends, shared, node_off, node_in, tag, window_id)
     finally:
         _core.atomic_store_u32(shared, 4 * (P + lr), ready)
 
@@ -268,7 +270,7 @@ class _Outgoing:
                       np.full(int(sent_ranks[d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
                      for d in range(g.size) if topo.node_of[d] != topo.node and sent_ranks[d]]
         else:
-            units = [(topo.relay_for(g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
+            units = [(tree.spread(topo, g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
                       node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
                      for m in range(topo.num_nodes) if m != topo.node and node_offsets[m + 1] > node_offsets[m]]
         send_buf = g.private_buffer("dispatch_send", sum(len(u[1]) for u in units) * rec)
@@ -307,10 +309,45 @@ class _Outgoing:
         return sends
 
 
-def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, ready, window_id, shared,
-                   node_buf, node_off, node_in, node_counts, rank_counts, local_src, sends, x, x_bytes, idx_np,
-                   w_np, k, row_bytes, num_experts, node_offsets, node_tokens, node_bitmaps, rank_offsets,
-                   rank_tokens, topk_idx, topk_weights, cached, handle, mode, T, **_):
+@dataclass
+class _Routing:
+    """One dispatch call's inputs and routing: this rank's plan (by node and by rank) and every rank's
+    agreed counts (node_counts [P, N], rank_counts [P, P])."""
+    x: torch.Tensor
+    topk_idx: torch.Tensor
+    topk_weights: torch.Tensor
+    num_experts: int
+    k: int
+    row_bytes: int
+    mode: str
+    cached: bool
+    handle: Optional[DispatchHandle]
+    node_offsets: np.ndarray
+    node_tokens: np.ndarray
+    node_bitmaps: np.ndarray
+    rank_offsets: np.ndarray
+    rank_tokens: np.ndarray
+    node_counts: np.ndarray
+    rank_counts: np.ndarray
+
+
+def _dispatch_recv(g, seq, what, routing, outgoing, sends, shared, node_off, node_in, tag, window_id):
+    """The receiving half of a dispatch: land and check the packets this rank relays, unpack this rank's
+    rows from every source's records as they arrive, and build the handle. ``shared``: the node buffer
+    (arrival words, then the records at ``node_off`` per source); ``outgoing``/``sends``: this rank's
+    packets, still in flight."""
+    topo = g.topo
+    P, L, lr, node = g.size, topo.local_size, topo.local_rank, topo.node
+    x, k, row_bytes, num_experts = routing.x, routing.k, routing.row_bytes, routing.num_experts
+    topk_idx, topk_weights, cached, handle, mode = (routing.topk_idx, routing.topk_weights, routing.cached,
+                                                    routing.handle, routing.mode)
+    node_offsets, node_tokens, node_bitmaps = routing.node_offsets, routing.node_tokens, routing.node_bitmaps
+    rank_offsets, rank_tokens = routing.rank_offsets, routing.rank_tokens
+    node_counts, rank_counts = routing.node_counts, routing.rank_counts
+    unicast, T = mode == "unicast", x.shape[0]
+    rec, x_bytes, idx_np, w_np = outgoing.rec, outgoing.x_bytes, outgoing.idx_np, outgoing.w_np
+    node_buf = shared[flag_bytes(P + L + 1):]
+    local_src = [s for s in range(P) if topo.node_of[s] == node]
     recvs = {}                       # source -> receives of its pieces (the packets this rank receives)
     per = _packets.MAX_PIECES
     headers_in = _packets.header_buffers(g, "dispatch_hin", P * per)
@@ -333,7 +370,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
                 receive(s, uni_buf[uni_off[s]:uni_off[s + 1]], int(rank_counts[s, g.rank]))
     else:
         for s in remote:
-            if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
+            if node_counts[s, node] and tree.spread(topo, s, node) == g.rank:
                 receive(s, node_buf[node_off[s]:node_off[s + 1]], int(node_counts[s, node]))
 
     # Own node: straight into shared memory (one piece), then flag it.
@@ -539,7 +576,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
             else:
                 avail = _arrived(_core.atomic_load_u32(shared, 4 * s), base)
                 if avail < 0:
-                    filler = topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s
+                    filler = tree.spread(topo, s, topo.node) if topo.node_of[s] != topo.node else s
                     # a relay's timeout is this rank's too (the records will not come): same class
                     fail(MultiwriteTimeout(f"{what}: rank {filler} of this node timed out after {g.timeout_s:g}s "
                                            f"waiting for the records of rank {s} (a peer died, hangs, or did not "
@@ -640,7 +677,7 @@ def _reduce_index(g, regions, fan, local_rows, unicast, rec):
         if unicast and topo.node_of[s] != node:
             continue    # rows private to this rank: combine sends them back as they are
         counts = fan[s]
-        computes = (s == g.rank) if topo.node_of[s] == node else (topo.relay_for(s, node) == g.rank)
+        computes = (s == g.rank) if topo.node_of[s] == node else (tree.spread(topo, s, node) == g.rank)
         if computes:
             bitmaps = np.ascontiguousarray(buf.reshape(-1, rec)[:, 8:16]).view(np.uint64).ravel()
             pos = _core.fanout_positions(bitmaps, L)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from . import _core, _packets, _tensors, shm
+from .engine import tree
 from ._config import check_mode
 from .errors import MultiwriteError, MultiwriteTimeout, PeerFailure, WindowError
 from .group import resolve
@@ -185,31 +186,24 @@ class Window:
             if int(off) != off or off < 0 or off + n > self.sizes[r]:
                 raise WindowError(f"multi_write: write of {n} bytes at offset {off} is outside rank {r}'s "
                                   f"window of {self.sizes[r]} bytes")
-        by_node = {}
-        for r, off in zip(ranks, offsets):
-            by_node.setdefault(topo.node_of[r], []).append((r, int(off)))
+        offset_of = dict(zip(ranks, (int(o) for o in offsets)))
+        own, hops = tree.plan(topo, topo.rank, ranks, relay=tree.leader, per_rank=mode == "unicast")
+        for r in own:          # this node: straight into shared memory
+            off = offset_of[r]
+            self._region(r)[off:off + n] = data
+            g.stats.add_intra(n)
+            if notify:
+                _core.atomic_add_u32(self._mem, self._arrival_off(topo.local_rank_of[r], topo.rank), 1)
         requests = []
         keep = [data]
-        for node, dests in sorted(by_node.items()):
-            if node == topo.node:
-                for r, off in dests:
-                    self._region(r)[off:off + n] = data
-                    g.stats.add_intra(n)
-                    if notify:
-                        _core.atomic_add_u32(self._mem, self._arrival_off(topo.local_rank_of[r], topo.rank), 1)
-                continue
-            groups = [dests] if mode == "multiwrite" else [[d] for d in dests]
-            for part in groups:
-                requests += self._send_packet(node, part, data, notify, keep)
+        for hop in hops:
+            requests += self._send_packet(hop, [(r, offset_of[r]) for r in hop.ranks], data, notify, keep)
         return WriteRequest(requests, keep, g.timeout_s)
 
-    def _send_packet(self, node, dests, data, notify, keep):
+    def _send_packet(self, hop, dests, data, notify, keep):
+        """One packet of ``hop`` (engine/tree.py): ``dests`` = (rank, offset) in local-rank order."""
         g = self.group
-        topo = g.topo
-        bitmap = 0
-        for r, _ in dests:
-            bitmap |= 1 << topo.local_rank_of[r]
-        dests = sorted(dests, key=lambda d: topo.local_rank_of[d[0]])
+        topo, node, bitmap = g.topo, hop.node, hop.bitmap
         common = len({off for _, off in dests}) == 1
         self._seq_to_node[node] += 1
         header = np.empty(_core.header_size(0 if common else len(dests)), dtype=np.uint8)
@@ -218,10 +212,9 @@ class Window:
                            payload_len=data.nbytes, flags=_core.FLAG_NOTIFY if notify else 0,
                            dest_offsets=None if common else np.array([o for _, o in dests], dtype=np.uint64))
         keep.append(header)
-        relay = topo.node_ranks[node][0]
         self._sent_to_node[node] += 1
         g.stats.add_inter(header.nbytes + data.nbytes, node)
-        return _relay(g).post(relay, header, data)
+        return _relay(g).post(hop.relay, header, data)
 
     def fence(self):
         """Collective: every write issued before the fence, by any rank, is visible when it returns."""
@@ -323,7 +316,8 @@ class _RelayService:
 
     def register(self, win):
         self.windows[win.id] = win
-        if self.group.rank == self.group.topo.leader and self._thread is None:
+        topo = self.group.topo
+        if self.group.rank == tree.leader(topo, self.group.rank, topo.node) and self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="multiwrite-relay", daemon=True)
             self._thread.start()
 
@@ -348,8 +342,8 @@ class _RelayService:
         g = self.group
         topo = g.topo
         self._stop.set()
-        if topo.num_nodes > 1 and g.rank == topo.leader:
-            target = topo.node_ranks[(topo.node - 1) % topo.num_nodes][0]
+        if topo.num_nodes > 1 and g.rank == tree.leader(topo, g.rank, topo.node):
+            target = tree.leader(topo, g.rank, (topo.node - 1) % topo.num_nodes)
             header = np.empty(_packets.HEADER, dtype=np.uint8)
             _core.build_header(header, window_id=_STOP_WINDOW, seq=0, src_rank=g.rank,
                                dest_node=topo.node_of[target], dest_bitmap=1, offset=0, payload_len=0)
