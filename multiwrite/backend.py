@@ -381,7 +381,7 @@ if dist is not None:
             except ValueError:
                 timeout_s = _config.DEFAULT_TIMEOUT_S
             self._timeout = datetime.timedelta(seconds=timeout_s)
-            from .group import Group
+            from .runtime.group import Group
             # Keys of this init only: torchrun's store outlives destroy_process_group, and torch
             # restarts group names at 0 on re-init, so stale keys of a previous session must not match.
             prefix = f"multiwrite/s{_sessions['count']}"
@@ -434,7 +434,7 @@ if dist is not None:
 
         # -- on MultiWrite ------------------------------------------------------------------------
         def all_gather_single(self, output, input, opts=None):
-            from .allgather import all_gather
+            from .ops.allgather import all_gather
             what = "all_gather_into_tensor"
             _check_cpu(what, output, input)
             if output.dtype != input.dtype:
@@ -458,7 +458,7 @@ if dist is not None:
             return self.allgather_into_tensor_coalesced(outputs, inputs, opts)
 
         def allgather(self, output_lists, input_list, opts=None):
-            from .allgather import all_gather
+            from .ops.allgather import all_gather
             what = "all_gather"
             if len(input_list) != 1 or len(output_lists) != 1:
                 raise ValueError(f"multiwrite backend: {what} takes one input tensor and one output list per "
@@ -490,7 +490,7 @@ if dist is not None:
             return _completed(output_lists)
 
         def broadcast(self, tensors, opts=None):
-            from .broadcast import broadcast
+            from .ops.broadcast import broadcast
             root = opts.rootRank if opts is not None else 0
             index = opts.rootTensor if opts is not None else 0
             _check_cpu("broadcast", *tensors)
@@ -607,7 +607,7 @@ if dist is not None:
                     raise ValueError(f"multiwrite backend: {what}: the {name}'s first dimension "
                                      f"({t.size(0) if t.dim() else 'scalar'}) is not divisible by the "
                                      f"world size ({self._size}); pass split sizes")
-            from .alltoall import all_to_all_single
+            from .ops.alltoall import all_to_all_single
             all_to_all_single(output, input, list(output_split_sizes or []) or None,
                               list(input_split_sizes or []) or None, group=self.mw_group)
             return _completed([output])
@@ -628,7 +628,7 @@ if dist is not None:
             in_splits = [t.numel() for t in inputs]
             out_splits = [t.numel() for t in outputs]
 
-            from .alltoall import all_to_all_single
+            from .ops.alltoall import all_to_all_single
             all_to_all_single(flat_out, flat_in, out_splits, in_splits, group=self.mw_group)
             with torch.no_grad():
                 off = 0
@@ -695,7 +695,7 @@ if dist is not None:
             if self._closed:
                 return
             self._closed = True
-            from . import group as _group
+            from .runtime import group as _group
             if _group._default is self.mw_group:
                 _group.set_default_group(None)
             try:
@@ -809,7 +809,7 @@ def _create(dist_opts, pg_opts=None):
     pg = ProcessGroupMultiwrite(dist_opts.store, dist_opts.group_rank, dist_opts.group_size,
                                 dist_opts.timeout, global_ranks, dist_opts.group_id)
     if not global_ranks:           # the default (world) group: also multiwrite's default group
-        from .group import set_default_group
+        from .runtime.group import set_default_group
         set_default_group(pg.mw_group)
     return pg
 

@@ -225,7 +225,7 @@ def test_wait_releases_the_gil():
 def test_sweep_stale_removes_only_old_segments_of_dead_creators():
     """A leader killed between creating and unlinking a segment leaves it in /dev/shm; the next group
     on the node removes it once its creator is gone and it is older than the group's timeouts."""
-    from multiwrite import shm
+    from multiwrite.runtime import shm
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

@@ -11,10 +11,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _config, _core, shm, topology as _topology
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
+from .. import _config, _core, topology as _topology
+from . import shm
+from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
 from .stats import Stats
-from .transport import wait_all
+from ..transport import wait_all
+from ..transport.base import configure_polling
 
 # The node control segment: its layout is the C++ core's (struct NodeControl, csrc/sync.hpp).
 _NC = _core.NODE_CONTROL
@@ -83,7 +85,7 @@ class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
     def __init__(self, transport, *, mode=None, timeout_s=None, global_ranks=None):
-        _config.validate_all()
+        configure_polling(*_config.validate_all())
         self.transport = transport
         self.timeout_s = _config.check_timeout(timeout_s) if timeout_s is not None else _config.timeout_s()
         self.mode = _config.check_mode(mode)
@@ -96,13 +98,10 @@ class Group:
         self._epoch = 0
         self._buffers = {}          # name -> Segment (node-shared, grown on demand)
         self._private = {}          # name -> numpy buffer private to this rank
-        self.plans = {}             # operator -> what it precomputed for this group (e.g. per chunk size)
+        self._extensions = {}       # key -> per-group state of another layer (see extension)
+        self._close_callbacks = []
         self._closed = False
         self._rounds = 0
-        # combine's zero-copy input: (handle seq, hidden, dtype, address) of the block that
-        # get_combine_buffer handed out for the next combine, and the address of the last one handed out
-        self.combine_input = None
-        self.combine_block = None
         self._round_target = [0, 0]
         if self.topo.rank == self.topo.leader:
             # Segments a killed leader could not unlink: a live one is unlinked at most two timeouts
@@ -119,6 +118,20 @@ class Group:
         self._local_rank, self._local_size = self.topo.local_rank, self.topo.local_size
         self._ctrl_view = memoryview(self.ctrl)     # struct.pack_into: 10x cheaper than NumPy for a slot
         self.rank, self.size = self.topo.rank, self.topo.world_size
+
+    # -- state of other layers ------------------------------------------------------------
+    def extension(self, key, factory):
+        """The per-group state that another layer keeps under ``key`` (an operator's precomputed
+        plans, the relay service, ...), made by ``factory()`` on first use and dropped when the group
+        closes. The runtime never looks inside."""
+        ext = self._extensions.get(key)
+        if ext is None:
+            ext = self._extensions[key] = factory()
+        return ext
+
+    def on_close(self, callback):
+        """Call ``callback()`` when the group is closed (collectively, before its transport closes)."""
+        self._close_callbacks.append(callback)
 
     # -- sequencing ----------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -504,42 +517,18 @@ class Group:
         self.stats.add_control(64)
         return self.transport.allgather_obj(obj)
 
-    def allgather_int64(self, values, what="control allgather"):
-        """int64 [size, len(values)]: one fixed-size control allgather (every rank the same length).
-
-        Small vectors go through multiwrite's own barrier-free small all_gather: one message per node
-        pair crosses the network, where the transport's allgather takes several rounds that may each
-        cross it (on the 2 x 4 virtual cluster dispatch's count table is agreed 2.2-2.6 ms after the
-        first rank entered, against 2.9-3.3 ms through the transport's allgather). Its bytes are counted as control traffic. Ranks
-        passing different lengths get a MismatchError."""
-        vec = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-        self.stats.add_control(vec.nbytes)
-        from .allgather import all_gather_bytes, small_path
-        if not small_path(self.size, vec.nbytes):
-            return self.transport.allgather_int64(vec)
-        out = np.empty(self.size * vec.nbytes, dtype=np.uint8)
-        stats, self.stats = self.stats, Stats()
-        try:
-            all_gather_bytes(self, out, vec.view(np.uint8), dtype="int64")
-        except MismatchError as exc:
-            raise MismatchError(f"{what}: ranks passed different numbers of values ({vec.size} on this "
-                                f"rank) or called different operations: {exc}") from exc
-        finally:
-            self.stats = stats
-        return out.view(np.int64).reshape(self.size, -1)
-
     # -- lifetime --------------------------------------------------------------------------
     def close(self):
         if self._closed:
             return
         self._closed = True
-        for callback in getattr(self, "_on_close", []):
+        for callback in self._close_callbacks:
             callback()
         for seg in self._buffers.values():
             seg.close()
         self._buffers.clear()
         self._private.clear()
-        self.plans.clear()
+        self._extensions.clear()
         self._round_banks = None
         self.ctrl = None
         self._ctrl_view.release()
@@ -563,7 +552,7 @@ def init(transport=None, *, mode=None, timeout=None) -> Group:
     global _default
     if _default is not None:
         return _default
-    from . import transport as _transport
+    from .. import transport as _transport
     if transport is None or isinstance(transport, str):
         # A bad setting on this rank is raised after every rank has compared its start-up state, so
         # that the others raise at once too (transport.create)

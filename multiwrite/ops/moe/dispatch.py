@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from time import perf_counter as _pc
 
-from . import _core, _dtypes, _packets
-from .engine import tree
-from ._config import check_mode
-from .errors import MismatchError, PeerFailure
-from .group import resolve, tag_for
+from ... import _core
+from ...engine import packets as _packets
+from ...runtime import dtypes as _dtypes
+from ...engine import tree
+from ..._config import check_mode
+from ...errors import MismatchError, PeerFailure
+from ...runtime.group import resolve, tag_for
+from .common import FLOAT_DTYPES, agree, empty_tensor, flag_bytes, wait_done
 
 OP = _packets.WIN_DISPATCH
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -83,7 +85,7 @@ def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
     P = g.size
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         return f"x must be a 2-D tensor [num_tokens, hidden], got {getattr(x, 'shape', type(x))}"
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         return f"x must be float32, float16 or bfloat16, got {x.dtype}"
     if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype != torch.int64 or topk_idx.dim() != 2:
         return f"topk_idx must be an int64 tensor [num_tokens, k], got {getattr(topk_idx, 'dtype', type(topk_idx))} " \
@@ -103,25 +105,6 @@ def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
             bad = lo if lo < -1 else hi
             return f"topk_idx holds expert id {bad}, outside [-1, {num_experts})"
     return None
-
-
-def _agree(g, what, status, ints, length):
-    """One fixed-size control allgather: every rank's status flag and ``length`` integers.
-
-    If any rank failed its local checks, a second allgather shares the messages and every rank raises
-    the same error (ValueError on the failing ranks, MismatchError on the others). Returns int64
-    [P, length]."""
-    vec = np.zeros(1 + length, dtype=np.int64)
-    if status is None:
-        vec[1:] = ints
-    else:
-        vec[0] = 1
-    table = g.allgather_int64(vec, what)
-    if table[:, 0].any():
-        messages = g.allgather_obj(status)
-        text = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
-        raise (ValueError if status is not None else MismatchError)(f"{what}: {text}")
-    return table[:, 1:]
 
 
 _MODES = {"multiwrite": 0, "unicast": 1}
@@ -168,7 +151,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
             status = "the handle comes from another group"
         elif not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != handle.num_tokens:
             status = f"x has shape {tuple(getattr(x, 'shape', ()))}, the handle was made for {handle.num_tokens} tokens"
-        elif x.dtype not in _FLOAT_DTYPES:
+        elif x.dtype not in FLOAT_DTYPES:
             status = f"x must be float32, float16 or bfloat16, got {x.dtype}"
         else:
             topk_idx, topk_weights, num_experts = handle.topk_idx, handle.topk_weights, handle.num_experts
@@ -201,7 +184,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         outgoing = _Outgoing(g, x, topk_idx, topk_weights, row_bytes, k, mode == "unicast", node_offsets,
                              node_tokens, node_bitmaps, rank_offsets, rank_tokens, sent_ranks)
         if TRACE is not None: TRACE.append(("prepacked", _pc()))
-    table = _agree(g, what, status, ints, len(_META) + N + P)
+    table = agree(g, what, status, ints, len(_META) + N + P)
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     metas = table[:, :len(_META)]
     if (metas != metas[0]).any():
@@ -240,7 +223,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     fbytes = flag_bytes(P + L + 1)
     need = fbytes + int(node_off[-1])
     shared = g.node_buffer("dispatch_recv", need)
-    _wait_done(g, what, shared, 4 * P)
+    wait_done(g, what, shared, 4 * P)
     routing = _Routing(x=x, topk_idx=topk_idx, topk_weights=topk_weights, num_experts=int(num_experts), k=k,
                        row_bytes=row_bytes, mode=mode, cached=cached, handle=handle, node_offsets=node_offsets,
                        node_tokens=node_tokens, node_bitmaps=node_bitmaps, rank_offsets=rank_offsets,
@@ -472,34 +455,6 @@ def _dispatch_recv(g, seq, what, routing, outgoing, sends, shared, node_off, nod
     return recv_x, recv_idx, recv_w, per_expert, new
 
 
-def empty_tensor(shape, dtype):
-    """Like torch.empty, backed by NumPy (malloc) memory: large torch CPU allocations come as fresh
-    pages on every call (page faults cost ~1 ms per MiB on a VM), malloc's heap reuses freed memory."""
-    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-    raw = torch.from_numpy(np.empty(nbytes, dtype=np.uint8))
-    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
-
-
-def _wait_done(g, what, shared, offset):
-    """Wait until every local rank's done word (u32 at ``offset + 4 * local rank``) has reached this
-    rank's own: they have all finished reading the node buffer in the previous call of the operation."""
-    import time
-    from .errors import MultiwriteTimeout
-    lr = g.topo.local_rank
-    prev = _core.atomic_load_u32(shared, offset + 4 * lr)
-    deadline = time.monotonic() + g.timeout_s
-    for j in range(g.topo.local_size):
-        if j != lr and not _core.wait_u32_ge(shared, offset + 4 * j, prev, max(deadline - time.monotonic(), 1e-3)):
-            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for rank "
-                                    f"{g.topo.local_ranks[j]} of this node to finish the previous call "
-                                    f"(died, hangs, or called a different operation)")
-
-
-def flag_bytes(n):
-    """Bytes of ``n`` u32 arrival flags at the start of a node buffer (64-byte aligned)."""
-    return (4 * n + 63) // 64 * 64
-
-
 _FAILED = 15                 # an arrival word at base + _FAILED: the rank that fills the region failed
 _TIMED_OUT = 14              # ... at base + _TIMED_OUT: it timed out waiting for the region's records
 _PEER_GONE = 13              # ... at base + _PEER_GONE: the region's sender is gone (PeerFailure)
@@ -533,7 +488,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     would stall the relay waiting for its packet; and queued pieces are posted as room frees up).
     """
     import time
-    from .errors import MultiwriteError, MultiwriteTimeout
+    from ...errors import MultiwriteError, MultiwriteTimeout
     topo = g.topo
     error = None
     bufs = dict(regions)

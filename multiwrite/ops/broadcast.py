@@ -9,10 +9,11 @@ Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node se
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Same results.
 """
-from . import _dtypes, _packets, _tensors
-from .engine import tree
-from ._config import check_mode
-from .group import resolve, tag_for
+from ..engine import packets as _packets
+from ..runtime import dtypes as _dtypes, tensors as _tensors
+from ..engine import tree
+from .._config import check_mode
+from ..runtime.group import resolve, tag_for
 
 OP = _packets.WIN_BROADCAST
 
