@@ -349,11 +349,11 @@ int64_t py_pack_node_packets(py::array outbox, py::array staging, py::handle sta
     }
     if (!signatures.is_none()) {
         py::tuple a = signatures.cast<py::tuple>();
-        if (a.size() != 4) value_error("signatures must be (ctrl, offset, signature_bytes, local_size)");
+        if (a.size() != 4) value_error("signatures must be (ctrl, parity, signature_bytes, local_size)");
         py::array ctrl = py::array::ensure(a[0]);
         if (!ctrl) value_error("signatures: ctrl must be a NumPy array");
         const uint64_t sig_bytes = to_u64(a[2], "signature_bytes", 64), L = to_u64(a[3], "local_size", 64);
-        const uint8_t* sigs = signature_slots(ctrl, to_u64(a[1], "signature offset"), sig_bytes, L);
+        const uint8_t* sigs = round_signatures(ctrl, parity_arg(a[1]), sig_bytes, L);
         if (!signatures_agree(sigs, sig_bytes, L)) h.payload_len = h.offset = 0;   // a payload-less packet
     }
     const uint64_t row = static_cast<uint64_t>(outbox.strides(0));
@@ -467,8 +467,8 @@ The small AllGather's node packets, one per other node: row i of ``outbox`` (uin
 payload_len], writeable) gets a header (window_id, seq, src_rank, dest_node and dest_bitmap from
 ``dests[i]`` = (dest_node, dest_bitmap), offset, payload_len) followed by
 staging[staging_offset : staging_offset + payload_len] (bounds-checked). With ``signatures`` =
-(ctrl, signature_offset, signature_bytes, local_size), the local ranks' signature slots are
-compared first (as round_collect does): if they differ, every packet is payload-less (payload_len 0,
+(ctrl, parity, signature_bytes, local_size), the local ranks' signature slots of that round parity
+in the node control segment are compared first (as round_collect does): if they differ, every packet is payload-less (payload_len 0,
 offset 0), which tells the receivers the node's ranks disagreed. Returns the bytes of each packet:
 64 + payload_len, or 64 for payload-less ones.)");
     m.def("land_node_packet", &py_land_node_packet, py::arg("packet"), py::arg("staging"), py::arg("window_id"),

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstddef>
 #include <cstring>
 #include <cmath>
 #include <thread>
@@ -123,70 +124,72 @@ bool py_wait_ge(py::array buf, py::handle off, py::handle target, py::object tim
 // ---- barrier-free node rounds (multiwrite.group.Group.round_*) ---------------------------------
 // One call per step of a small collective: on a host with more ranks than cores every Python line
 // of a rank's part costs the other ranks CPU time, so the steps that touch only shared memory are
-// done here. The layout (offsets) stays in Python; every offset is checked here.
+// done here. The words live in the node control segment (NodeControl, sync.hpp), addressed by the
+// round's parity.
 
 uint32_t u32_arg(py::handle h, const char* name) { return static_cast<uint32_t>(to_u64(h, name, 0xFFFFFFFFu)); }
 
-void py_round_arrive(py::array ctrl, py::handle count_offset, py::handle count, py::handle start, py::handle end) {
-    round_count(word(ctrl, count_offset, true), u32_arg(count, "count"), u32_arg(start, "start"), u32_arg(end, "end"));
+void py_round_arrive(py::array ctrl, py::handle parity, py::handle count, py::handle start, py::handle end) {
+    NodeControl* c = node_control(ctrl, true);
+    round_count(&c->round_count[parity_arg(parity)].value, u32_arg(count, "count"), u32_arg(start, "start"),
+                u32_arg(end, "end"));
 }
 
-// Publish the collective a rank enters (see Group.announce): ``announce`` = (announce_offset, seq,
-// signature (<= 7 ints), slot_offset): at announce_offset of ctrl the int64 seq then the signature,
-// written seqlock-style (seq -1 while the signature is written); the signature, zero-padded to 8
-// int64, also into the 64-byte slot at slot_offset.
-void announce(py::array& ctrl, py::handle args) {
+// Publish the collective a rank enters (see Group.announce): ``announce`` = (local_rank, seq,
+// signature (<= 7 ints)): the rank's announcement slot gets the int64 seq then the signature, written
+// seqlock-style (seq -1 while the signature is written); the signature, zero-padded to 8 int64, also
+// goes into the rank's signature slot of the round.
+void announce(NodeControl* c, int parity, py::handle args) {
     py::tuple a = py::reinterpret_borrow<py::object>(args).cast<py::tuple>();
-    if (a.size() != 4) value_error("announce must be (announce_offset, seq, signature, slot_offset)");
+    if (a.size() != 3) value_error("announce must be (local_rank, seq, signature)");
+    const uint64_t me = to_u64(a[0], "local_rank", MAX_LOCAL_RANKS - 1);
     py::sequence signature = a[2].cast<py::sequence>();
     const size_t k = py::len(signature);
     if (k > 7) value_error("signature has ", k, " values, at most 7 fit");
     int64_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (size_t i = 0; i < k; ++i) words[i] = to_i64(signature[i], "signature value");
     const int64_t s = to_i64(a[1], "seq", 0);
-    uint8_t* ann = byte_span(ctrl, "ctrl", to_u64(a[0], "announce_offset"), 64, true);
-    uint8_t* slot = byte_span(ctrl, "ctrl", to_u64(a[3], "slot_offset"), 64, true);
-    if (reinterpret_cast<uintptr_t>(ann) % 8 != 0) value_error("announce_offset is not 8-byte aligned in memory");
-    int64_t* seq_word = reinterpret_cast<int64_t*>(ann);
-    __atomic_store_n(seq_word, int64_t(-1), __ATOMIC_SEQ_CST);
-    std::memcpy(ann + 8, words, 56);
-    __atomic_store_n(seq_word, s, __ATOMIC_SEQ_CST);
-    std::memcpy(slot, words, 64);
+    Slot& ann = c->announce[me];
+    __atomic_store_n(&ann.words[0], int64_t(-1), __ATOMIC_SEQ_CST);
+    std::memcpy(&ann.words[1], words, 56);
+    __atomic_store_n(&ann.words[0], s, __ATOMIC_SEQ_CST);
+    std::memcpy(c->round_signature[parity][me].words, words, 64);
 }
 
-uint32_t py_round_put(py::array ctrl, py::array staging, py::handle src, py::handle dst_offset, py::handle own_offset,
-                      py::handle own_wake_value, py::handle count_offset, py::handle start, py::handle end,
-                      py::object announce_args) {
+uint32_t py_round_put(py::array ctrl, py::array staging, py::handle src, py::handle dst_offset, py::handle parity,
+                      py::handle own_wake_value, py::handle start, py::handle end, py::object announce_args) {
     const ByteBuffer in = buffer_arg(src, "src", false);
     const uint64_t n = in.size;
     uint8_t* dst = byte_span(staging, "staging", to_u64(dst_offset, "dst_offset"), n, true);
-    uint32_t* own = word(ctrl, own_offset, true);
-    uint32_t* counter = word(ctrl, count_offset, true);
+    NodeControl* c = node_control(ctrl, true);
+    const int par = parity_arg(parity);
+    uint32_t* own = &c->round_own[par].value;
     const int64_t wake_at = to_i64(own_wake_value, "own_wake_value", -1, 0xFFFFFFFFll);
     const uint32_t s = u32_arg(start, "start"), e = u32_arg(end, "end");
-    if (!announce_args.is_none()) announce(ctrl, announce_args);
+    if (!announce_args.is_none()) announce(c, par, announce_args);
     if (n) std::memcpy(dst, in.data, n);
     // The own chunk is counted on its word first: a rank waiting for the node's own chunks
     // (round_wait_first) is woken by the one that completes them, the others sleep on.
     const uint32_t owned = __atomic_add_fetch(own, 1u, __ATOMIC_SEQ_CST);
     if (wake_at >= 0 && owned == static_cast<uint32_t>(wake_at)) futex_wake_all(own);
-    round_count(counter, 1, s, e);
+    round_count(&c->round_count[par].value, 1, s, e);
     return owned;
 }
 
 // Status of round_collect.
 enum RoundStatus { kRoundDone = 0, kRoundWaiting = 1, kRoundFailed = 2, kRoundMismatch = 3 };
 
-int py_round_collect(py::array ctrl, py::handle count_offset, py::handle target, py::object timeout_s,
-                     py::handle error_offset, py::handle number, py::handle signature_offset,
+int py_round_collect(py::array ctrl, py::handle parity, py::handle target, py::object timeout_s, py::handle number,
                      py::handle signature_bytes, py::handle local_size, py::object staging, py::object out,
                      py::object arrive) {
-    uint32_t* counter = word(ctrl, count_offset, !arrive.is_none());
-    const uint32_t* failed = word(ctrl, error_offset, false);
+    NodeControl* c = node_control(ctrl, !arrive.is_none());
+    const int par = parity_arg(parity);
+    uint32_t* counter = &c->round_count[par].value;
+    const uint32_t* failed = &c->round_error[par].value;
     const uint32_t tgt = u32_arg(target, "target"), num = u32_arg(number, "number");
     const uint64_t sig_bytes = to_u64(signature_bytes, "signature_bytes", 64);
     const uint64_t L = to_u64(local_size, "local_size", 64);
-    const uint8_t* sigs = signature_slots(ctrl, to_u64(signature_offset, "signature_offset"), sig_bytes, L);
+    const uint8_t* sigs = round_signatures(ctrl, par, sig_bytes, L);
     const uint8_t* from = nullptr;
     uint8_t* to = nullptr;
     uint64_t n = 0;
@@ -235,6 +238,24 @@ void py_copy_bytes(py::array dst, py::array src, py::handle dst_offset) {
 }  // namespace
 
 void register_sync(py::module_& m) {
+    py::dict layout;
+    layout["size"] = sizeof(NodeControl);
+    layout["line"] = sizeof(Line);
+    layout["slot"] = sizeof(Slot);
+    layout["barrier"] = offsetof(NodeControl, barrier);
+    layout["grow_name"] = offsetof(NodeControl, grow_name);
+    layout["grow_name_len"] = sizeof(NodeControl::grow_name);
+    layout["epoch"] = offsetof(NodeControl, epoch);
+    layout["sync"] = offsetof(NodeControl, sync);
+    layout["round_count"] = offsetof(NodeControl, round_count);
+    layout["round_error"] = offsetof(NodeControl, round_error);
+    layout["round_message"] = offsetof(NodeControl, round_message);
+    layout["round_message_len"] = sizeof(NodeControl::round_message[0]);
+    layout["round_own"] = offsetof(NodeControl, round_own);
+    layout["round_signature"] = offsetof(NodeControl, round_signature);
+    layout["announce"] = offsetof(NodeControl, announce);
+    m.attr("NODE_CONTROL") = layout;
+
     m.def("atomic_load_u32", &py_atomic_load, py::arg("buf"), py::arg("offset"),
           R"(atomic_load_u32(buf, offset) -> int
 
@@ -261,43 +282,42 @@ handling): True when it is, False when ``timeout_s`` seconds (float >= 0, or Non
 pass first. Spins a few microseconds, then sleeps on a shared (non-private) Linux futex with the
 GIL released, so it works across processes sharing a MAP_SHARED mapping. Wakes at least every
 50 ms to re-check, and raises KeyboardInterrupt (etc.) if a signal handler fails meanwhile.)");
-    m.def("round_arrive", &py_round_arrive, py::arg("ctrl"), py::arg("count_offset"), py::arg("count"),
+    m.def("round_arrive", &py_round_arrive, py::arg("ctrl"), py::arg("parity"), py::arg("count"),
           py::arg("start"), py::arg("end"),
-          R"(round_arrive(ctrl, count_offset, count, start, end) -> None
+          R"(round_arrive(ctrl, parity, count, start, end) -> None
 
-Add ``count`` to the u32 round counter at ``count_offset`` of ``ctrl`` (uint8 shared memory); wake
-its waiters only if this addition completes the round, i.e. moves the counter (relative to
-``start``, mod 2**32) from below ``end - start`` to at least it.)");
+Add ``count`` to the round counter of round parity ``parity`` (0 or 1) in the node control segment
+``ctrl`` (uint8 shared memory, NODE_CONTROL["size"] bytes); wake its waiters only if this addition
+completes the round, i.e. moves the counter (relative to ``start``, mod 2**32) from below
+``end - start`` to at least it.)");
     m.def("round_put", &py_round_put, py::arg("ctrl"), py::arg("staging"), py::arg("src"), py::arg("dst_offset"),
-          py::arg("own_offset"), py::arg("own_wake_value"), py::arg("count_offset"), py::arg("start"), py::arg("end"),
+          py::arg("parity"), py::arg("own_wake_value"), py::arg("start"), py::arg("end"),
           py::arg("announce") = py::none(),
-          R"(round_put(ctrl, staging, src, dst_offset, own_offset, own_wake_value, count_offset, start, end,
-          announce=None) -> int
+          R"(round_put(ctrl, staging, src, dst_offset, parity, own_wake_value, start, end, announce=None) -> int
 
-A rank's own chunk of a round. First, with ``announce`` = (announce_offset, seq, signature,
-slot_offset), publish the call: at announce_offset of ``ctrl`` the int64 ``seq`` (>= 0) then the
-signature (at most 7 ints, zero-padded), written seqlock-style (seq -1 while the signature is
-written), and the signature (zero-padded to 8 int64) into the 64-byte slot at slot_offset. Then
-staging[dst_offset : dst_offset + n] = the n bytes of src (a uint8 array, or an unconsumed DLPack
-capsule of a C-contiguous CPU tensor; bounds-checked), then +1 on the own-chunk word at
-``own_offset`` of ``ctrl`` (its waiters woken when it becomes ``own_wake_value``; -1: never), then
-round_arrive(ctrl, count_offset, 1, start, end).
+A rank's own chunk of a round of parity ``parity`` in the node control segment ``ctrl``. First, with
+``announce`` = (local_rank, seq, signature), publish the call: the rank's announcement slot gets the
+int64 ``seq`` (>= 0) then the signature (at most 7 ints, zero-padded), written seqlock-style (seq -1
+while the signature is written), and the signature (zero-padded to 8 int64) goes into the rank's
+signature slot of the round. Then staging[dst_offset : dst_offset + n] = the n bytes of src (a
+uint8 array, or an unconsumed DLPack capsule of a C-contiguous CPU tensor; bounds-checked), then +1
+on the round's own-chunk word (its waiters woken when it becomes ``own_wake_value``; -1: never),
+then round_arrive(ctrl, parity, 1, start, end).
 Returns the own-chunk word's new value (so the rank that completes the node's chunks knows it).)");
-    m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("count_offset"), py::arg("target"),
-          py::arg("timeout_s"), py::arg("error_offset"), py::arg("number"), py::arg("signature_offset"),
-          py::arg("signature_bytes"), py::arg("local_size"), py::arg("staging") = py::none(),
-          py::arg("out") = py::none(), py::arg("arrive") = py::none(),
-          R"(round_collect(ctrl, count_offset, target, timeout_s, error_offset, number, signature_offset,
-              signature_bytes, local_size, staging=None, out=None, arrive=None) -> int
+    m.def("round_collect", &py_round_collect, py::arg("ctrl"), py::arg("parity"), py::arg("target"),
+          py::arg("timeout_s"), py::arg("number"), py::arg("signature_bytes"), py::arg("local_size"),
+          py::arg("staging") = py::none(), py::arg("out") = py::none(), py::arg("arrive") = py::none(),
+          R"(round_collect(ctrl, parity, target, timeout_s, number, signature_bytes, local_size, staging=None,
+              out=None, arrive=None) -> int
 
-Wait (as wait_u32_ge, at most ``timeout_s``) until the round counter reaches ``target``, then check
-the round: returns 1 if it did not in time, 2 if the u32 at ``error_offset`` equals ``number`` (a
-relay recorded a failure), 3 if the first ``signature_bytes`` of the ``local_size`` 64-byte
-signature slots from ``signature_offset`` differ, else copies staging's first bytes into ``out``
-(a writeable uint8 array, or an unconsumed DLPack capsule of a C-contiguous CPU tensor) when it is
-given and returns 0. With ``arrive`` = (count, start), the
-caller landed the round's last chunks itself: out is copied first (whatever the checks find), then
-round_arrive(ctrl, count_offset, count, start, target), then the wait and the checks.)");
+Wait (as wait_u32_ge, at most ``timeout_s``) until the round counter of parity ``parity`` reaches
+``target``, then check the round: returns 1 if it did not in time, 2 if the round's error word equals
+``number`` (a relay recorded a failure), 3 if the first ``signature_bytes`` of the ``local_size``
+signature slots of the round differ, else copies staging's first bytes into ``out`` (a writeable
+uint8 array, or an unconsumed DLPack capsule of a C-contiguous CPU tensor) when it is given and
+returns 0. With ``arrive`` = (count, start), the caller landed the round's last chunks itself: out is
+copied first (whatever the checks find), then round_arrive(ctrl, parity, count, start, target), then
+the wait and the checks.)");
     m.def("futex_wake", &py_futex_wake, py::arg("buf"), py::arg("offset"),
           R"(futex_wake(buf, offset) -> int
 

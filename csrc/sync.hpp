@@ -54,10 +54,52 @@ inline void round_count(uint32_t* w, uint32_t count, uint32_t start, uint32_t en
     if (before < static_cast<int64_t>(end - start) && end - start <= landed) futex_wake_all(w);
 }
 
-// The ``L`` 64-byte signature slots at byte ``offset`` of ``ctrl`` whose first ``sig_bytes`` are compared,
-// bounds-checked.
-inline const uint8_t* signature_slots(py::array& ctrl, uint64_t offset, uint64_t sig_bytes, uint64_t L) {
-    return byte_span(ctrl, "ctrl", offset, L ? 64 * (L - 1) + sig_bytes : 0, false);
+// ---- the node control segment -------------------------------------------------------------------
+// One per node and group (multiwrite.group.Group.ctrl), mapped by every rank of the node. Its layout
+// is defined here, once; Python reads the offsets from _core.NODE_CONTROL.
+
+// A u32 word on a cache line of its own (a waiter sleeps on it; writers of other words do not wake it).
+struct alignas(64) Line {
+    uint32_t value;
+    uint8_t pad[60];
+};
+
+// 64 bytes: a call's signature (up to 7 int64 and one more value) or a failure status and message.
+struct Slot {
+    int64_t words[8];
+};
+
+struct NodeControl {
+    Line barrier;                                  // node barrier arrivals, monotonic
+    char grow_name[192];                           // name of a shared buffer being grown ("!" + why: failed)
+    uint32_t epoch[MAX_LOCAL_RANKS];               // barriers each local rank has entered
+    Slot sync[2][MAX_LOCAL_RANKS];                 // node_agree / node_sync: a slot per rank, two banks by barrier parity
+    // Barrier-free rounds (small collectives), two of everything by round parity:
+    Line round_count[2];                           // chunks landed in the round, monotonic
+    Line round_error[2];                           // number of the round that failed on this node
+    char round_message[2][256];                    // byte 0: the failure's kind, then what failed
+    Line round_own[2];                             // the local ranks' own chunks landed
+    Slot round_signature[2][MAX_LOCAL_RANKS];      // each local rank's signature of the round
+    Slot announce[MAX_LOCAL_RANKS];                // (seq, signature) of the call each local rank entered
+};
+
+// The control segment in ``ctrl`` (uint8, at least sizeof(NodeControl) bytes, 64-byte aligned).
+inline NodeControl* node_control(py::array& ctrl, bool writeable) {
+    uint8_t* p = byte_span(ctrl, "ctrl", 0, sizeof(NodeControl), writeable);
+    if (reinterpret_cast<uintptr_t>(p) % 64 != 0) value_error("ctrl is not 64-byte aligned in memory");
+    return reinterpret_cast<NodeControl*>(p);
+}
+
+// A round parity argument (0 or 1).
+inline int parity_arg(py::handle h) {
+    return static_cast<int>(to_u64(h, "parity", 1));
+}
+
+// The first ``sig_bytes`` of the ``L`` signature slots of round parity ``parity``, checked.
+inline const uint8_t* round_signatures(py::array& ctrl, int parity, uint64_t sig_bytes, uint64_t L) {
+    if (sig_bytes > 64) value_error("signature_bytes must be <= 64, got ", sig_bytes);
+    if (L > static_cast<uint64_t>(MAX_LOCAL_RANKS)) value_error("local_size must be <= ", MAX_LOCAL_RANKS, ", got ", L);
+    return reinterpret_cast<const uint8_t*>(node_control(ctrl, false)->round_signature[parity]);
 }
 
 // True when the first ``sig_bytes`` of the ``L`` 64-byte signature slots at ``sigs`` are equal (the

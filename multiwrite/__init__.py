@@ -14,31 +14,31 @@ docs/design.md for semantics; the public API:
 __version__ = "0.1.0"
 
 from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, WindowError
-from .group import Group, default_group, finalize, init
-from .allgather import all_gather
-from .broadcast import broadcast
+from .runtime.group import Group, default_group, finalize, init
+from .ops.allgather import all_gather
+from .ops.broadcast import broadcast
 from . import backend as _backend  # registers the "multiwrite" torch.distributed backend
-from .window import Window
-from .buffer import Buffer
+from .ops.window import Window
+from .ops.moe.buffer import Buffer
 from . import moe
 
 
 def topology(group=None):
     """Placement of this rank: a Topology with rank, world_size, node, num_nodes, local_rank,
     local_size (and node_of / local_rank_of / node_ranks for every rank)."""
-    from .group import resolve
+    from .runtime.group import resolve
     return resolve(group).topo
 
 
 def stats(group=None) -> dict:
     """This rank's traffic since the last reset: ``{"inter_node": {"bytes", "messages",
     "per_peer_node": {node: bytes}}, "intra_node": {"bytes", "messages"}, "control": {...}}``."""
-    from .group import resolve
+    from .runtime.group import resolve
     return resolve(group).stats.as_dict()
 
 
 def reset_stats(group=None) -> None:
-    from .group import resolve
+    from .runtime.group import resolve
     resolve(group).stats.reset()
 
 

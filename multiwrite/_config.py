@@ -151,11 +151,10 @@ def local_state(kind=None, timeout=None):
 
 
 def validate_all():
-    """Read and validate every setting that is read per group (raises ValueError naming the first bad
-    one), and apply the polling settings to the transports' waits."""
-    from .transport import base
+    """Read and validate every setting that is read per group; raises ValueError naming the first bad
+    one. Returns the polling settings (spin, longest sleep), for transport.base.configure_polling."""
     transport(), mode(), timeout_s(), piece_bytes(), ranks_per_node()
-    base.configure_polling(spin_s(), sleep_max_s())
+    return spin_s(), sleep_max_s()
 
 
 #: Settings every rank of a group must agree on: (environment variable, reader).

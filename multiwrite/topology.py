@@ -65,11 +65,6 @@ class Topology:
     def same_node(self, other_rank: int) -> bool:
         return self.node_of[other_rank] == self.node
 
-    def relay_for(self, src_rank: int, node: int) -> int:
-        """The rank of ``node`` that receives ``src_rank``'s copy and fans it out (spreads the load)."""
-        ranks = self.node_ranks[node]
-        return ranks[src_rank % len(ranks)]
-
     @classmethod
     def from_keys(cls, rank: int, keys) -> "Topology":
         """Number nodes by first appearance in rank order; ``keys[r]`` is rank r's node identity."""

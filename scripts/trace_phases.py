@@ -42,7 +42,7 @@ def main(argv=None):
     g = mw.init()
     prepare = lambda: None
     if args.op == "allgather":
-        from multiwrite import allgather as module
+        from multiwrite.engine import gather as module    # the small path's phases
         x = np.full(args.bytes, g.rank % 251, dtype=np.uint8)
         out = np.empty(g.size * args.bytes, dtype=np.uint8)
         if args.torch:
@@ -50,8 +50,8 @@ def main(argv=None):
         call, scale, unit, iters = (lambda: mw.all_gather(out, x)), 1e6, "us", args.iters or 200
     else:
         import importlib
-        dispatch = importlib.import_module("multiwrite.dispatch")
-        module = importlib.import_module(f"multiwrite.{args.op}")
+        dispatch = importlib.import_module("multiwrite.ops.moe.dispatch")
+        module = importlib.import_module(f"multiwrite.ops.moe.{args.op}")
         E, k, H = 64, 8, 4096
         gen = torch.Generator().manual_seed(g.rank)
         x = torch.randn(args.tokens, H, generator=gen).to(torch.bfloat16)

@@ -267,13 +267,19 @@ def test_parse_header_checks_header_only():
         c.parse_header(u8(ref_encode(magic=0)))
 
 
-def _signature_slots(local_size, differ=False):
-    ctrl = np.zeros(1024, np.uint8)
+def _signature_slots(local_size, differ=False, parity=1):
+    """(ctrl, parity, signature bytes, local size): a node control segment whose round signature slots
+    of ``parity`` hold equal signatures (or, with ``differ``, local rank 1's differs)."""
+    NC = c.NODE_CONTROL
+    raw = np.zeros(NC["size"] + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    ctrl = raw[start:start + NC["size"]]
+    bank = NC["round_signature"] + NC["slot"] * c.MAX_LOCAL_RANKS * parity
     for i in range(local_size):
-        ctrl[64 * i:64 * i + 48] = np.arange(48, dtype=np.uint8)
+        ctrl[bank + 64 * i:bank + 64 * i + 48] = np.arange(48, dtype=np.uint8)
     if differ:
-        ctrl[64 + 40] = 99                       # local rank 1, word 5
-    return ctrl, 0, 48, local_size
+        ctrl[bank + 64 + 40] = 99                # local rank 1, word 5
+    return ctrl, parity, 48, local_size
 
 
 def test_pack_node_packets_headers_and_payload():

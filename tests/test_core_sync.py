@@ -225,7 +225,7 @@ def test_wait_releases_the_gil():
 def test_sweep_stale_removes_only_old_segments_of_dead_creators():
     """A leader killed between creating and unlinking a segment leaves it in /dev/shm; the next group
     on the node removes it once its creator is gone and it is older than the group's timeouts."""
-    from multiwrite import shm
+    from multiwrite.runtime import shm
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -251,42 +251,82 @@ def test_sweep_stale_removes_only_old_segments_of_dead_creators():
             shm.Segment.unlink(name)
 
 
+NC = c.NODE_CONTROL
+
+
+def _ctrl():
+    """A zeroed node control segment, 64-byte aligned like a shared mapping."""
+    raw = np.zeros(NC["size"] + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start:start + NC["size"]]
+
+
+def _word(ctrl, field, parity=0):
+    return c.atomic_load_u32(ctrl, NC[field] + NC["line"] * parity)
+
+
+def _slot(ctrl, field, i, parity=None):
+    base = NC[field] + (NC["slot"] * c.MAX_LOCAL_RANKS * parity if parity is not None else 0) + NC["slot"] * i
+    return ctrl[base:base + NC["slot"]].view(np.int64).tolist()
+
+
+def test_node_control_layout():
+    """The node control segment's layout comes from the C++ core: named fields, words on cache lines
+    of their own, slots of 64 bytes, nothing overlapping, in the order of the struct."""
+    assert NC["line"] == 64 and NC["slot"] == 64 and NC["size"] % 64 == 0
+    L = c.MAX_LOCAL_RANKS
+    spans = [("barrier", 64), ("grow_name", NC["grow_name_len"]), ("epoch", 4 * L), ("sync", 2 * 64 * L),
+             ("round_count", 128), ("round_error", 128), ("round_message", 2 * NC["round_message_len"]),
+             ("round_own", 128), ("round_signature", 2 * 64 * L), ("announce", 64 * L)]
+    end = 0
+    for field, size in spans:
+        assert NC[field] >= end, (field, NC[field], end)
+        end = NC[field] + size
+    assert end <= NC["size"]
+    for field in ("round_count", "round_error", "round_own", "round_signature", "announce", "sync"):
+        assert NC[field] % 64 == 0, field
+
+
 def test_round_put_announces_copies_and_counts():
-    """round_put: the announcement (seq then a zero-padded signature, and the signature slot), the copy
-    into the staging area, the own-chunk count (returned) and the round count; bounds are checked
-    before anything is written."""
-    ctrl, staging = np.zeros(1024, np.uint8), np.zeros(64, np.uint8)
+    """round_put: the announcement (seq then a zero-padded signature, and the signature slot of the
+    round's parity), the copy into the staging area, the own-chunk count (returned) and the round count;
+    bounds are checked before anything is written."""
+    ctrl, staging = _ctrl(), np.zeros(64, np.uint8)
     src = np.arange(8, dtype=np.uint8) + 1
-    own = c.round_put(ctrl, staging, src, 16, 0, -1, 64, 0, 3, (128, 7, (1, 2, 3), 256))
-    assert own == 1 and c.atomic_load_u32(ctrl, 64) == 1
+    own = c.round_put(ctrl, staging, src, 16, 1, -1, 0, 3, (2, 7, (1, 2, 3)))
+    assert own == 1 and _word(ctrl, "round_count", 1) == 1 and _word(ctrl, "round_own", 1) == 1
+    assert _word(ctrl, "round_count", 0) == 0
     assert staging[16:24].tolist() == src.tolist() and staging[:16].sum() == 0 and staging[24:].sum() == 0
-    assert ctrl[128:192].view(np.int64).tolist() == [7, 1, 2, 3, 0, 0, 0, 0]
-    assert ctrl[256:320].view(np.int64).tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
-    assert c.round_put(ctrl, staging, src, 0, 0, -1, 64, 0, 3) == 2          # no announcement
+    assert _slot(ctrl, "announce", 2) == [7, 1, 2, 3, 0, 0, 0, 0]
+    assert _slot(ctrl, "round_signature", 2, parity=1) == [1, 2, 3, 0, 0, 0, 0, 0]
+    assert c.round_put(ctrl, staging, src, 0, 1, -1, 0, 3) == 2          # no announcement
     before = ctrl.copy(), staging.copy()
-    for args, text in [((staging, src, 60, 0, -1, 64, 0, 3), "exceed"),         # chunk past the staging area
-                       ((staging, src, 0, 1022, -1, 64, 0, 3), "offset"),        # own word outside ctrl
-                       ((staging, src, 0, 0, -1, 64, 0, 3, (128, 7, tuple(range(8)), 256)), "at most 7"),
-                       ((staging, src, 0, 0, -1, 64, 0, 3, (1020, 7, (1,), 256)), "exceed")]:
+    for args, text in [((staging, src, 60, 0, -1, 0, 3), "exceed"),               # chunk past the staging area
+                       ((staging, src, 0, 2, -1, 0, 3), "parity"),                # no such parity
+                       ((staging, src, 0, 0, -1, 0, 3, (1, 7, tuple(range(8)))), "at most 7"),
+                       ((staging, src, 0, 0, -1, 0, 3, (c.MAX_LOCAL_RANKS, 7, (1,))), "local_rank")]:
         with pytest.raises(ValueError, match=text):
             c.round_put(ctrl, *args)
         assert (ctrl == before[0]).all() and (staging == before[1]).all()
+    with pytest.raises(ValueError, match="exceed"):                 # a ctrl smaller than the segment
+        c.round_put(np.zeros(1024, np.uint8), staging, src, 0, 0, -1, 0, 3)
 
 
 def test_round_collect_statuses():
     """round_collect: 1 while the count is short (after timeout_s), 2 for a recorded failure of this
     round, 3 when the local ranks' signatures differ, else 0 with out = staging[:out.nbytes]."""
-    ctrl, staging = np.zeros(1024, np.uint8), np.arange(32, dtype=np.uint8)
+    ctrl, staging = _ctrl(), np.arange(32, dtype=np.uint8)
     out = np.zeros(16, np.uint8)
-    sig = dict(error_offset=4, number=5, signature_offset=512, signature_bytes=16, local_size=2)
+    sig = dict(number=5, signature_bytes=16, local_size=2)
     assert c.round_collect(ctrl, 0, 2, 0.05, staging=staging, out=out, **sig) == 1 and out.sum() == 0
     c.round_arrive(ctrl, 0, 2, 0, 2)
     assert c.round_collect(ctrl, 0, 2, 0.0, staging=staging, out=out, **sig) == 0
     assert out.tolist() == list(range(16))
-    ctrl[512 + 64 + 8] = 1                          # local rank 1's signature differs in word 1
+    rank1 = NC["round_signature"] + NC["slot"]
+    ctrl[rank1 + 8] = 1                              # local rank 1's signature differs in word 1
     assert c.round_collect(ctrl, 0, 2, 0.0, **sig) == 3
-    ctrl[512 + 64 + 8] = 0
-    c.atomic_store_u32(ctrl, 4, 5)                  # round 5 failed on this node
+    ctrl[rank1 + 8] = 0
+    c.atomic_store_u32(ctrl, NC["round_error"], 5)   # round 5 failed on this node
     assert c.round_collect(ctrl, 0, 2, 0.0, **sig) == 2
     with pytest.raises(ValueError, match="exceed"):  # out larger than the staging area
         c.round_collect(ctrl, 0, 2, 0.0, staging=staging, out=np.zeros(64, np.uint8), **sig)
@@ -296,15 +336,15 @@ def test_round_collect_arrive_copies_then_counts():
     """round_collect(arrive=(count, start)): the caller landed the round's last chunks; out is copied,
     the count added (completing the round: no wait), then the usual checks. A short count still
     times out (status 1), and a bad arrive tuple is refused before anything is written."""
-    ctrl, staging = np.zeros(1024, np.uint8), np.arange(32, dtype=np.uint8)
+    ctrl, staging = _ctrl(), np.arange(32, dtype=np.uint8)
     out = np.zeros(16, np.uint8)
-    sig = dict(error_offset=4, number=5, signature_offset=512, signature_bytes=16, local_size=2)
+    sig = dict(number=5, signature_bytes=16, local_size=2)
     c.round_arrive(ctrl, 0, 1, 0, 3)                 # 1 of 3 chunks landed by a peer
     assert c.round_collect(ctrl, 0, 3, 1.0, staging=staging, out=out, arrive=(2, 0), **sig) == 0
-    assert out.tolist() == list(range(16)) and c.atomic_load_u32(ctrl, 0) == 3
+    assert out.tolist() == list(range(16)) and _word(ctrl, "round_count") == 3
     out[:] = 0
     assert c.round_collect(ctrl, 0, 5, 0.05, staging=staging, out=out, arrive=(1, 3), **sig) == 1
-    assert c.atomic_load_u32(ctrl, 0) == 4 and out.tolist() == list(range(16))   # copied, counted, short
+    assert _word(ctrl, "round_count") == 4 and out.tolist() == list(range(16))   # copied, counted, short
     before = ctrl.copy()
     with pytest.raises(ValueError, match="arrive must be"):
         c.round_collect(ctrl, 0, 5, 0.0, staging=staging, out=out, arrive=(1,), **sig)
@@ -318,16 +358,16 @@ def test_round_functions_take_dlpack_capsules():
     tensors (the small all_gather passes its tensors so); other tensors are refused."""
     torch = pytest.importorskip("torch")
     from torch.utils.dlpack import from_dlpack, to_dlpack
-    ctrl, staging = np.zeros(1024, np.uint8), np.zeros(64, np.uint8)
+    ctrl, staging = _ctrl(), np.zeros(64, np.uint8)
     x = torch.arange(4, dtype=torch.bfloat16) + 1
     cap = to_dlpack(x)
-    assert c.round_put(ctrl, staging, cap, 8, 0, -1, 64, 0, 1) == 1
+    assert c.round_put(ctrl, staging, cap, 8, 0, -1, 0, 1) == 1
     assert (staging[8:16] == x.view(torch.uint8).numpy()).all()
     assert from_dlpack(cap).shape == (4,)            # not consumed
     out = torch.zeros(4, dtype=torch.bfloat16)
-    assert c.round_collect(ctrl, 64, 1, 0.0, 4, 1, 512, 8, 1, staging=staging[8:], out=to_dlpack(out)) == 0
+    assert c.round_collect(ctrl, 0, 1, 0.0, 1, 8, 1, staging=staging[8:], out=to_dlpack(out)) == 0
     assert torch.equal(out, x)
     for bad, text in [(to_dlpack(torch.arange(12.0).reshape(3, 4).t()), "not C-contiguous"),
                       (np.zeros(4, np.float32), "dtype uint8"), (b"abcd", "dtype uint8")]:
         with pytest.raises(ValueError, match=text):
-            c.round_put(ctrl, staging, bad, 0, 0, -1, 64, 0, 1)
+            c.round_put(ctrl, staging, bad, 0, 0, -1, 0, 1)

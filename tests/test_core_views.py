@@ -74,7 +74,7 @@ def test_dlpack_pair_types_sizes_and_refusals():
 def test_dlpack_dtype_names_are_unambiguous():
     """_tensors.dlpack_pair names the dtype of a pair; a pair of different dtypes, or a non-contiguous
     tensor, gets None (the checked path then reports it)."""
-    from multiwrite import _tensors
+    from multiwrite.runtime import tensors as _tensors
     for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.uint8, torch.bool):
         x, out = torch.zeros(2, dtype=dtype), torch.zeros(8, dtype=dtype)
         _, _, name, nx, nout = _tensors.dlpack_pair(x, out)

@@ -6,9 +6,9 @@ import types
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from multiwrite import _packets
+from multiwrite.engine import packets as _packets
 from multiwrite.errors import MismatchError
-from multiwrite.dispatch import _FAILED, _TIMED_OUT, _arrival_base, _arrived
+from multiwrite.ops.moe.dispatch import _FAILED, _TIMED_OUT, _arrival_base, _arrived
 
 
 PIECE = 512 << 10

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from multiwrite import shm
+from multiwrite.runtime import shm
 from multiwrite.errors import MultiwriteError
 
 

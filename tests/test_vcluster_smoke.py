@@ -89,7 +89,7 @@ def test_bench_on_virtual_cluster(tmp_path, launcher):
             if impl == "multiwrite":
                 assert r["inter_node_bytes"] <= by[(size, "unicast")]["inter_node_bytes"], (r, by[(size, "unicast")])
     ag = [r for r in doc["rows"] if r["benchmark"] == "allgather" and r["impl"] == "multiwrite"]
-    from multiwrite import allgather as mw_allgather
+    from multiwrite.engine import gather as mw_allgather
     Topology = importlib.import_module("multiwrite.topology").Topology   # (mw.topology is a function)
     topo = Topology.from_keys(0, ["n0", "n0", "n1", "n1"])
     for r in ag:   # each node: 2 ranks x 1 remote node x (c + 64 B header), or one packet of 2c + 64

@@ -6,9 +6,7 @@ import sys
 import threading
 import time
 
-import numpy as np
 
-from .._util import poll
 
 
 def check_ranks(args, P):
@@ -70,24 +68,9 @@ def delay(args, me):
 
 
 def survivors_agree(g, limit_s):
-    """After a failure under MPI with ULFM (``mpirun --with-ft ulfm``): revoke our communicator, so
-    that survivors waiting on live peers fail at once instead of after the timeout, then wait (at
-    most ``limit_s``) until every survivor has reported its own error (MPI_Comm_agree completes once
-    all living ranks have joined): otherwise the first survivor's exit status makes the launcher
-    kill the others before they can say what they saw. Nothing to do without ULFM or under Gloo."""
-    t = g.transport
-    if getattr(t, "name", "") != "mpi" or not getattr(t, "fault_tolerant", False):
-        return
-    try:
-        t.revoke()
-        flag = np.ones(1, dtype=np.int32)
-        req = t.comm.Iagree(flag)
-    except Exception:
-        return
-
-    def done():
-        try:
-            return req.Test()
-        except Exception:      # MPI_ERR_PROC_FAILED: the agreement is done, with failed ranks
-            return True
-    poll(done, limit_s, nap_min_s=0.01, nap_max_s=0.01)
+    """After a failure: revoke the group's communication so that survivors waiting on live peers fail
+    at once instead of after the timeout, then wait (at most ``limit_s``) until every survivor has
+    reported its own error: otherwise the first survivor's exit status makes the launcher kill the
+    others before they can say what they saw. Only under MPI with ULFM (``mpirun --with-ft ulfm``,
+    Transport.survivors_agree); nothing to do elsewhere."""
+    g.transport.survivors_agree(limit_s)

@@ -29,7 +29,7 @@ class NativeOps:
 
     # -- on MultiWrite ----------------------------------------------------------------------------
     def all_gather_single(self, output, input, opts=None):
-        from ..allgather import all_gather
+        from ..ops.allgather import all_gather
         what = "all_gather_into_tensor"
         check_output_input(what, output, input)
         check_world_multiple(what, "output", output, input, self._size)
@@ -48,7 +48,7 @@ class NativeOps:
         return self.allgather_into_tensor_coalesced(outputs, inputs, opts)
 
     def allgather(self, output_lists, input_list, opts=None):
-        from ..allgather import all_gather
+        from ..ops.allgather import all_gather
         what = "all_gather"
         if len(input_list) != 1 or len(output_lists) != 1:
             raise ValueError(f"multiwrite backend: {what} takes one input tensor and one output list per "
@@ -80,7 +80,7 @@ class NativeOps:
         return completed(output_lists)
 
     def broadcast(self, tensors, opts=None):
-        from ..broadcast import broadcast
+        from ..ops.broadcast import broadcast
         root = opts.rootRank if opts is not None else 0
         index = opts.rootTensor if opts is not None else 0
         check_cpu("broadcast", *tensors)
@@ -112,7 +112,7 @@ class NativeOps:
         check_output_input(what, output, input)
         self._check_splits(what, "input", input, input_split_sizes)
         self._check_splits(what, "output", output, output_split_sizes)
-        from ..alltoall import all_to_all_single
+        from ..ops.alltoall import all_to_all_single
         all_to_all_single(output, input, list(output_split_sizes or []) or None,
                           list(input_split_sizes or []) or None, group=self.mw_group)
         return completed([output])
@@ -133,7 +133,7 @@ class NativeOps:
         in_splits = [t.numel() for t in inputs]
         out_splits = [t.numel() for t in outputs]
 
-        from ..alltoall import all_to_all_single
+        from ..ops.alltoall import all_to_all_single
         all_to_all_single(flat_out, flat_in, out_splits, in_splits, group=self.mw_group)
         with torch.no_grad():
             off = 0

@@ -40,7 +40,7 @@ class ProcessGroupMultiwrite(NativeOps, DelegatedOps, dist.ProcessGroup):
         except ValueError:
             timeout_s = _config.DEFAULT_TIMEOUT_S
         self._timeout = datetime.timedelta(seconds=timeout_s)
-        from ..group import Group
+        from ..runtime.group import Group
         # Keys of this init only: torchrun's store outlives destroy_process_group, and torch
         # restarts group names at 0 on re-init, so stale keys of a previous session must not match.
         prefix = f"multiwrite/s{_sessions['count']}"
@@ -90,7 +90,7 @@ class ProcessGroupMultiwrite(NativeOps, DelegatedOps, dist.ProcessGroup):
         if self._closed:
             return
         self._closed = True
-        from .. import group as _group
+        from ..runtime import group as _group
         if _group._default is self.mw_group:
             _group.set_default_group(None)
         try:
@@ -111,7 +111,7 @@ def create(dist_opts, pg_opts=None):
     pg = ProcessGroupMultiwrite(dist_opts.store, dist_opts.group_rank, dist_opts.group_size,
                                 dist_opts.timeout, global_ranks, dist_opts.group_id)
     if not global_ranks:           # the default (world) group: also multiwrite's default group
-        from ..group import set_default_group
+        from ..runtime.group import set_default_group
         set_default_group(pg.mw_group)
     return pg
 

@@ -3,7 +3,7 @@ import os
 
 from .. import _config
 from . import rendezvous
-from .base import CompletedRequest, Request, Transport, wait_all, wait_polling
+from .base import CompletedRequest, Request, Transport, configure_polling, wait_all, wait_polling
 
 
 _inits = {"count": 0}    # create() calls in this process: keys of each start-up are its own
@@ -21,6 +21,8 @@ def create(kind: str, timeout_s: float, state=None, local_error=None) -> Transpo
         raise ValueError(f"unknown transport {kind!r}: expected 'mpi' or 'gloo'")
     if state is None:
         state = (kind, _config.agreed(), None)
+    if local_error is None:
+        configure_polling(*_config.validate_all())     # the waits of start-up poll as the settings say
     _inits["count"] += 1
     mpi_launched = _config.launched_by_mpi()
     if mpi_launched or kind == "mpi":

@@ -171,6 +171,13 @@ class Transport:
         """Gather a small int64 vector from every rank: returns int64 [size, len(values)]."""
         return np.asarray(self.allgather_obj(np.asarray(values, dtype=np.int64)), dtype=np.int64)
 
+    def survivors_agree(self, limit_s) -> bool:
+        """After a failure: make the survivors' pending waits fail at once and wait (at most
+        ``limit_s``) until every living rank has joined, so that each can report its own error before
+        the launcher ends the job. Only where the transport knows which peers failed (MPI with ULFM,
+        ``mpirun --with-ft ulfm``); elsewhere nothing to do (False)."""
+        return False
+
     def split(self, ranks, default_timeout_s=None):
         """A transport over the sub-list ``ranks`` (every rank of this transport must call it).
         ``default_timeout_s``: the limit of waits that give none (a service thread idles that long)."""

@@ -8,10 +8,10 @@ dies only surfaces as an error when the MPI library and the launcher tolerate fa
 import ctypes
 import sys
 import threading
-import time
 
 import numpy as np
 
+from .._util import poll
 from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
 from .base import CompletedRequest, Request, Transport, seconds, wait_polling
 
@@ -262,14 +262,17 @@ class MPITransport(Transport, _MPIErrors):
         return _MPIAnyRequest(req, buf, ("receive of up to {} B from any rank", buf.nbytes), self, status=status)
 
     def wait_or_stop(self, req, stop):
-        sleep = 0.0
-        while not req.test():
-            if stop.is_set():
-                req.cancel()
-                return False
-            sleep = min(max(sleep * 2, 2e-5), 1e-3)
-            time.sleep(sleep)
-        return True
+        done = []
+
+        def ready():
+            if req.test():
+                done.append(True)
+                return True
+            return stop.is_set()
+        poll(ready, float("inf"), nap_min_s=2e-5, nap_max_s=1e-3)
+        if not done:
+            req.cancel()
+        return bool(done)
 
     def drain(self, src, tag, nbytes, limit):
         # A receive into an empty buffer consumes the message whatever its size (MPI_ERR_TRUNCATE,
@@ -308,6 +311,21 @@ class MPITransport(Transport, _MPIErrors):
             return True
         except Exception:
             return False
+
+    def survivors_agree(self, limit_s):
+        if not self.fault_tolerant or not self.revoke():
+            return False
+        try:
+            req = self.comm.Iagree(np.ones(1, dtype=np.int32))
+        except Exception:
+            return False
+
+        def done():
+            try:
+                return req.Test()
+            except Exception:      # MPI_ERR_PROC_FAILED: the agreement is done, with failed ranks
+                return True
+        return poll(done, limit_s, nap_min_s=0.01, nap_max_s=0.01)
 
     def split(self, ranks, default_timeout_s=None):
         ranks = list(ranks)

@@ -37,7 +37,7 @@ def check_allgather(n, dtype, mode):
 
 
 def _small_aggregated(topo, c):
-    from multiwrite import allgather as ag
+    from multiwrite.engine import gather as ag
     return ag.node_aggregated(topo, c)
 
 

@@ -108,7 +108,8 @@ def session(n):
     print(f"[rank {rank}] session {n}: init OK (MASTER_ADDR={os.environ['MASTER_ADDR']}, "
           f"port {os.environ['MASTER_PORT']}, transport {g.transport.name}, {g.topo})", flush=True)
     dist.destroy_process_group()
-    assert mw.group._default is None or mw.group._default is not g, "default group left pointing at a closed Group"
+    from multiwrite.runtime import group as mw_group
+    assert mw_group._default is None or mw_group._default is not g, "default group left pointing at a closed Group"
 
 
 def main():

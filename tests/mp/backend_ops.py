@@ -402,7 +402,7 @@ def test_inter_node_bytes():
     sent = [0] * N
     for node, b in gather_stats(g):
         sent[node] += b
-    if importlib.import_module("multiwrite.allgather").node_aggregated(topo, c):
+    if importlib.import_module("multiwrite.engine.gather").node_aggregated(topo, c):
         want = [(N - 1) * (len(topo.node_ranks[m]) * c + 64) for m in range(N)]   # one packet per node pair
     else:
         want = [len(topo.node_ranks[m]) * (N - 1) * (c + 64) for m in range(N)]

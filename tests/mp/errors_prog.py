@@ -25,12 +25,13 @@ def relay_fuzz(mw, torch, topo):
     out-of-window write to a real window, a header claiming 2**40 payload bytes, a packet claiming
     another source. The relay refuses each, keeps serving: valid writes that follow arrive intact, the
     fence on node 1 reports the refusals once, and the next fence is clean."""
-    from multiwrite import _core, window as W
+    from multiwrite import _core
+    from multiwrite.engine import relay as R
     g = mw.default_group()
     P, r = topo.world_size, topo.rank
     assert topo.num_nodes == 2 and P == 4
     win = mw.Window(1024)
-    relay = W._relay(g)
+    relay = R.service(g)
     target = topo.node_ranks[1][0]           # node 1's relay (its leader)
     refused_here = 0
     if r == 0:
@@ -51,13 +52,13 @@ def relay_fuzz(mw, torch, topo):
         sends = []
         noise = np.random.default_rng(5).integers(0, 256, H, dtype=np.uint8)
         relay._sent[target] += 1
-        sends.append(relay.transport.isend(noise, target, W._TAG_HEADER))                        # 1: noise
+        sends.append(relay.transport.isend(noise, target, R.TAG_HEADER))                        # 1: noise
         sends += relay.post(target, header(window_id=win.id + 1000, seq=1, payload_len=1000),
                             np.ones(1000, np.uint8))                                             # 2: unknown window
         sends += relay.post(target, header(seq=counted(), offset=1020, payload_len=16),
                             np.ones(16, np.uint8))                                               # 3: out of window
         relay._sent[target] += 1
-        sends.append(relay.transport.isend(header(seq=counted(), payload_len=1 << 40), target, W._TAG_HEADER))  # 4
+        sends.append(relay.transport.isend(header(seq=counted(), payload_len=1 << 40), target, R.TAG_HEADER))  # 4
         sends += relay.post(target, header(seq=counted(), src_rank=1, payload_len=16), np.ones(16, np.uint8))  # 5
         refused_here = 3             # packets 3, 4 and 5 are for the real window
         for q in sends[:1]:
@@ -89,7 +90,7 @@ def recv_drain(mw, torch, topo):
     does not expect: a MismatchError at once; a payload that was sent is drained, so the next packet
     on the same tag lands intact; a header claiming 2**40 bytes allocates nothing (exact-size
     transports drain only up to _packets.DRAIN_LIMIT)."""
-    from multiwrite import _packets
+    from multiwrite.engine import packets as _packets
     g = mw.default_group()
     r = topo.rank
     peer = {0: 2, 2: 0}.get(r)
@@ -141,10 +142,11 @@ def main(case):
         # the control allgather behind dispatch/combine's agreement (the small all_gather path):
         # equal lengths give every rank's values, unequal ones a MismatchError on every rank
         g = mw.init()
-        table = g.allgather_int64([r, 10 * r, 7])
+        from multiwrite.engine.control import allgather_int64
+        table = allgather_int64(g, [r, 10 * r, 7])
         assert table.tolist() == [[q, 10 * q, 7] for q in range(P)], table
         n = 3 if r != P - 1 else 5
-        e = expect(mw.MismatchError, "dispatch (test)", lambda: g.allgather_int64(list(range(n)), "dispatch (test)"))
+        e = expect(mw.MismatchError, "dispatch (test)", lambda: allgather_int64(g, list(range(n)), "dispatch (test)"))
         print(f"rank {r}: {type(e).__name__}: {e}", flush=True)
     elif case == "dtype_mismatch":
         dt = torch.float32 if r != P - 1 else torch.int32
@@ -189,7 +191,7 @@ def main(case):
         # (a rank waiting in a node barrier checks every 20 ms): it must never see a torn one. Rank 1
         # announces calls of two shapes as fast as it can; rank 0 checks each one it sees against the
         # signature of that shape. Seqs far above the group's own, so no real call matches.
-        from multiwrite import group as G
+        from multiwrite.runtime import group as G
         g = mw.default_group()
         assert topo.local_size == 2, "run with 2 ranks on one node"
         sig = lambda k: (1, k, 74, 769, 0, 1) if k % 2 else (5, k, 7)
@@ -200,7 +202,7 @@ def main(case):
                 k += 1
                 g.announce(k, sig(k))
             else:
-                k = int(g.ctrl[G._ANNOUNCE + 64:G._ANNOUNCE + 72].view(np.int64)[0])
+                k = int(g.ctrl[G._ANNOUNCE + G._SLOT:G._ANNOUNCE + G._SLOT + 8].view(np.int64)[0])
                 if k > first:
                     g.check_announcements("announce race", k, sig(k))     # raises on a torn read
                     checks += 1
@@ -222,7 +224,7 @@ def main(case):
     elif case == "alltoall_splits":
         # the last rank sends rank 0 one row more than rank 0 expects: every rank raises, not only the
         # pair that disagrees
-        from multiwrite.alltoall import all_to_all_single
+        from multiwrite.ops.alltoall import all_to_all_single
         splits = [2] * P
         if r == P - 1:
             splits = [3] + [2] * (P - 2) + [1]

@@ -121,7 +121,8 @@ def zero_copy_checks(buf, a, b):
         out.copy_(recv_x)
         assert torch.equal(buf.combine(out, handle), y_ref), f"{handle.mode}: zero-copy combine differs"
         if handle.mode == "multiwrite":
-            assert out.data_ptr() == mw.default_group().combine_block    # in the node buffer, not a copy
+            zero_copy = mw.default_group().extension("moe.combine", dict)
+            assert out.data_ptr() == zero_copy.last_block    # in the node buffer, not a copy
         # another hidden size and dtype than the dispatched rows; larger: the node buffer grows
         wide = torch.cat([recv_x, -recv_x, recv_x * 0.5], 1).to(torch.bfloat16)
         out = buf.get_combine_buffer(handle, hidden=wide.shape[1], dtype=torch.bfloat16)

@@ -1,7 +1,8 @@
 """Views of torch tensors and NumPy arrays as raw bytes (bfloat16 included), without copies where possible."""
 import numpy as np
 
-from . import _core, _dtypes
+from .. import _core
+from . import dtypes as _dtypes
 
 try:
     import torch

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from . import _core
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from .. import _core
+from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout
 
 HEADER = _core.HEADER_SIZE
 
@@ -28,15 +28,11 @@ _OP_NAMES = {WIN_ALLGATHER: "all_gather", WIN_DISPATCH: "dispatch", WIN_COMBINE:
 
 def describe(window_id):
     """'all_gather of float32' for operator windows (op + 256 * dtype code), 'window N' otherwise."""
-    from . import _dtypes
+    from ..runtime import dtypes as _dtypes
     op, dt = window_id % 256, window_id // 256
     if window_id < USER_WINDOW_BASE and op in _OP_NAMES:
         return f"{_OP_NAMES[op]} of {_dtypes.name(dt)}" if dt else _OP_NAMES[op]
     return f"window {window_id}"
-
-
-def full_bitmap(n):
-    return (1 << n) - 1
 
 
 def build(out, *, window_id, seq, src_rank, dest_node, dest_bitmap, offset, payload_len):

@@ -21,15 +21,27 @@ from time import perf_counter as _pc
 import numpy as np
 import torch
 
-from . import _core, _dtypes, _packets
-from .dispatch import _FLOAT_DTYPES, _agree, _wait_done, empty_tensor, flag_bytes
-from .errors import MismatchError, MultiwriteTimeout
-from .group import resolve, tag_for
+from ... import _core
+from ...engine import packets as _packets
+from ...runtime import dtypes as _dtypes
+from ...engine import tree
+from ...errors import MismatchError, MultiwriteTimeout
+from ...runtime.group import resolve, tag_for
+from .common import FLOAT_DTYPES, agree, empty_tensor, flag_bytes, wait_done
 
 OP = _packets.WIN_COMBINE
 #: Tokens summed between two chances to call the transport's progress (a few hundred us of work).
 _PROGRESS_TOKENS = 32
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
+
+
+class _ZeroCopy:
+    """Per group: the block of the node's staging area that get_combine_buffer handed out for the next
+    combine, as (handle seq, hidden, dtype, address), and the address of the last one handed out."""
+    __slots__ = ("issued", "last_block")
+
+    def __init__(self):
+        self.issued = self.last_block = None
 
 
 def _typed(buf, dtype, rows, hidden):
@@ -58,10 +70,11 @@ def combine(y, handle, *, group=None):
     elif not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != handle.num_recv_tokens:
         status = (f"y has shape {tuple(getattr(y, 'shape', ()))}, the handle delivered "
                   f"{handle.num_recv_tokens} rows to this rank")
-    elif y.dtype not in _FLOAT_DTYPES:
+    elif y.dtype not in FLOAT_DTYPES:
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
     # y written in place in the buffer get_combine_buffer handed out for this call: no staging copy.
-    issued, g.combine_input = g.combine_input, None
+    zc = g.extension("moe.combine", _ZeroCopy)
+    issued, zc.issued = zc.issued, None
     zero_copy = False
     if status is None and y.numel() and issued is not None and y.data_ptr() == issued[-1]:
         if issued[:-1] != (handle.seq, int(y.shape[1]), y.dtype) or not y.is_contiguous():
@@ -69,14 +82,14 @@ def combine(y, handle, *, group=None):
                       "get_combine_buffer(handle) for this combine, and pass the tensor it returned)")
         else:
             zero_copy = True
-    elif status is None and y.numel() and g.combine_block is not None and y.data_ptr() == g.combine_block:
+    elif status is None and y.numel() and zc.last_block is not None and y.data_ptr() == zc.last_block:
         status = ("y is the combine buffer of an earlier combine: call get_combine_buffer(handle) again "
                   "before writing each combine's input (other ranks of the node may still read the old one)")
     # The staging layout and the node buffer's size follow from the handle: every rank must pass the
     # handle of the same dispatch call.
     ints = [int(y.shape[1]), _dtypes.code(str(y.dtype).replace("torch.", "")), handle.seq] \
         if status is None else None
-    table = _agree(g, what, status, ints, 3)
+    table = agree(g, what, status, ints, 3)
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     if (table != table[0]).any():
         raise MismatchError(f"{what}: ranks disagree on (hidden, dtype code, dispatch call of the handle): "
@@ -114,7 +127,7 @@ def combine(y, handle, *, group=None):
         if kind == "node" and who == node:
             own_unit = u
             continue
-        src = topo.relay_for(g.rank, who) if kind == "node" else who
+        src = tree.spread(topo, g.rank, who) if kind == "node" else who
         cuts = _packets.pieces(g, len(tokens), rb) if kind == "node" else [0, len(tokens)]
         for i in range(len(cuts) - 1):
             a, b = offs[u] + cuts[i], offs[u] + cuts[i + 1]
@@ -143,7 +156,7 @@ def combine(y, handle, *, group=None):
     shared = g.node_buffer("combine", fbytes + int(base[-1]) * rb)   # same size on every local rank
     staging = shared[fbytes:]
     stage = _typed(staging, dtype, int(base[-1]), H)
-    _wait_done(g, what, shared, 4 * P * L)
+    wait_done(g, what, shared, 4 * P * L)
     try:
         local = [s for s in range(P) if topo.node_of[s] == node]
         remote = [] if unicast else [s for s in range(P) if topo.node_of[s] != node]
@@ -265,7 +278,7 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
         raise ValueError("get_combine_buffer: " + ("handle is None" if handle is None
                                                   else "the handle comes from another group"))
     dtype = handle.dtype if dtype is None else dtype
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise ValueError(f"get_combine_buffer: dtype must be float32, float16 or bfloat16, got {dtype}")
     esize = torch.empty((), dtype=dtype).element_size()
     H = handle.hidden_bytes // torch.empty((), dtype=handle.dtype).element_size() if hidden is None else int(hidden)
@@ -288,8 +301,9 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
         # of the group (raising here would leave the other nodes waiting in combine).
         return empty_tensor((R, H), dtype)
     block = shared[fbytes + int(base[lr]) * rb:fbytes + int(base[lr + 1]) * rb]
-    g.combine_input = (handle.seq, H, dtype, block.ctypes.data)
-    g.combine_block = block.ctypes.data
+    zc = g.extension("moe.combine", _ZeroCopy)
+    zc.issued = (handle.seq, H, dtype, block.ctypes.data)
+    zc.last_block = block.ctypes.data
     return torch.from_numpy(block).view(dtype).reshape(R, H)
 
 

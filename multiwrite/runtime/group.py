@@ -11,28 +11,29 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _config, _core, shm, topology as _topology
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
+from .. import _config, _core, topology as _topology
+from . import shm
+from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout, PeerFailure
 from .stats import Stats
-from .transport import wait_all
+from ..transport import wait_all
+from ..transport.base import configure_polling
 
-# Layout of the node control segment.
-_BARRIER_OFF = 0            # u32: node barrier arrivals, monotonically increasing
-_NAME_OFF = 64              # name of a segment being grown (NUL-padded ASCII)
-_NAME_LEN = 192
-_EPOCH_OFF = 256            # u32 per local rank: barriers it has entered (to name missing ranks)
-_SIG_OFF = 512              # two banks (by barrier parity) of one 64-byte signature slot per local rank
-_SIG_WORDS = 8
+# The node control segment: its layout is the C++ core's (struct NodeControl, csrc/sync.hpp).
+_NC = _core.NODE_CONTROL
+_BARRIER_OFF = _NC["barrier"]        # u32: node barrier arrivals, monotonically increasing
+_NAME_OFF, _NAME_LEN = _NC["grow_name"], _NC["grow_name_len"]   # name of a segment being grown
+_EPOCH_OFF = _NC["epoch"]            # u32 per local rank: barriers it has entered (to name missing ranks)
+_SIG_OFF = _NC["sync"]               # two banks (by barrier parity) of one 64-byte slot per local rank
+_SLOT = _NC["slot"]                  # 64 bytes
+_LINE = _NC["line"]                  # a word on a cache line of its own
+_SIG_WORDS = _SLOT // 8
 _MAX_LOCAL = _core.MAX_LOCAL_RANKS
-# Barrier-free node rounds (see Group.round_enter), two banks by round parity:
-_ROUND_OFF = _SIG_OFF + 2 * 64 * _MAX_LOCAL
-_ROUND_COUNT = _ROUND_OFF            # u32 per parity (own cache line): chunks landed, monotonic
-_ROUND_ERR = _ROUND_OFF + 128        # u32 per parity: number of the round that failed
-_ROUND_MSG = _ROUND_OFF + 256        # 256 bytes per parity: what failed
-_ROUND_OWN = _ROUND_OFF + 768        # u32 per parity (own cache line): the local ranks' own chunks landed
-_ROUND_SIG = _ROUND_OFF + 1024       # two banks of one 64-byte signature slot per local rank
-_ANNOUNCE = _ROUND_SIG + 2 * 64 * _MAX_LOCAL   # 64 bytes per local rank: (seq, signature) it entered
-_CTRL_BYTES = _ANNOUNCE + 64 * _MAX_LOCAL
+_ANNOUNCE = _NC["announce"]          # 64 bytes per local rank: (seq, signature) it entered
+_ROUND_MSG, _ROUND_MSG_LEN = _NC["round_message"], _NC["round_message_len"]
+_ROUND_ERR = _NC["round_error"]      # u32 per parity (own line): number of the round that failed
+_ROUND_OWN = _NC["round_own"]        # u32 per parity (own line): the local ranks' own chunks landed
+_ROUND_SIG = _NC["round_signature"]  # two banks of one 64-byte signature slot per local rank
+_CTRL_BYTES = _NC["size"]
 
 #: Bytes of the node staging area per round parity (rounds are for small operations only).
 ROUND_STAGING_BYTES = 1 << 20
@@ -84,7 +85,7 @@ class Group:
     """Ranks that communicate together (see module doc). ``topo`` describes placement."""
 
     def __init__(self, transport, *, mode=None, timeout_s=None, global_ranks=None):
-        _config.validate_all()
+        configure_polling(*_config.validate_all())
         self.transport = transport
         self.timeout_s = _config.check_timeout(timeout_s) if timeout_s is not None else _config.timeout_s()
         self.mode = _config.check_mode(mode)
@@ -97,13 +98,10 @@ class Group:
         self._epoch = 0
         self._buffers = {}          # name -> Segment (node-shared, grown on demand)
         self._private = {}          # name -> numpy buffer private to this rank
-        self.plans = {}             # operator -> what it precomputed for this group (e.g. per chunk size)
+        self._extensions = {}       # key -> per-group state of another layer (see extension)
+        self._close_callbacks = []
         self._closed = False
         self._rounds = 0
-        # combine's zero-copy input: (handle seq, hidden, dtype, address) of the block that
-        # get_combine_buffer handed out for the next combine, and the address of the last one handed out
-        self.combine_input = None
-        self.combine_block = None
         self._round_target = [0, 0]
         if self.topo.rank == self.topo.leader:
             # Segments a killed leader could not unlink: a live one is unlinked at most two timeouts
@@ -120,6 +118,20 @@ class Group:
         self._local_rank, self._local_size = self.topo.local_rank, self.topo.local_size
         self._ctrl_view = memoryview(self.ctrl)     # struct.pack_into: 10x cheaper than NumPy for a slot
         self.rank, self.size = self.topo.rank, self.topo.world_size
+
+    # -- state of other layers ------------------------------------------------------------
+    def extension(self, key, factory):
+        """The per-group state that another layer keeps under ``key`` (an operator's precomputed
+        plans, the relay service, ...), made by ``factory()`` on first use and dropped when the group
+        closes. The runtime never looks inside."""
+        ext = self._extensions.get(key)
+        if ext is None:
+            ext = self._extensions[key] = factory()
+        return ext
+
+    def on_close(self, callback):
+        """Call ``callback()`` when the group is closed (collectively, before its transport closes)."""
+        self._close_callbacks.append(callback)
 
     # -- sequencing ----------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -185,7 +197,7 @@ class Group:
         paired a new seq with the zero padding of the previous, shorter signature: a false
         MismatchError after 18 minutes of stress)."""
         signature = tuple(int(v) for v in signature)
-        offset = _ANNOUNCE + 64 * self.topo.local_rank
+        offset = _ANNOUNCE + _SLOT * self.topo.local_rank
         _SEQ_WORD.pack_into(self._ctrl_view, offset, -1)
         _SIG_TAIL.pack_into(self._ctrl_view, offset + 8, *signature, *(0,) * (_SIG_WORDS - 1 - len(signature)))
         _SEQ_WORD.pack_into(self._ctrl_view, offset, seq)
@@ -197,7 +209,7 @@ class Group:
         otherwise wait for each other until the timeout. Other differences are found by the path."""
         n, view = len(signature), self._ctrl_view
         for i in range(self.topo.local_size):
-            offset = _ANNOUNCE + 64 * i
+            offset = _ANNOUNCE + _SLOT * i
             if _SEQ_WORD.unpack_from(view, offset)[0] != seq:
                 continue
             theirs = _SIG_TAIL.unpack_from(view, offset + 8)[:n]
@@ -221,11 +233,11 @@ class Group:
         sig[_SIG_WORDS - 1] = need_bytes
         # Alternate banks: a fast rank's next signature cannot overwrite one a slow rank still reads,
         # because it would need to pass another barrier that the slow rank has not entered yet.
-        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
-        slot = bank + 64 * self.topo.local_rank
-        self.ctrl[slot:slot + 64] = sig.view(np.uint8)
+        bank = _SIG_OFF + _SLOT * _MAX_LOCAL * ((self._epoch + 1) % 2)
+        slot = bank + _SLOT * self.topo.local_rank
+        self.ctrl[slot:slot + _SLOT] = sig.view(np.uint8)
         self.node_barrier(what, None if seq is None else self.announce(seq, signature))
-        sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS).copy()
+        sigs = self.ctrl[bank:bank + _SLOT * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS).copy()
         n = len(signature)
         error = None
         if (sigs[:, :n] != sigs[0, :n]).any():
@@ -252,8 +264,8 @@ class Group:
         """Write this rank's failure kind (0 none, else see _SYNC_KINDS) and message into its slot of the
         signature bank of the next barrier (the bank alternates, so a fast peer's next sync cannot
         overwrite it while a slow one still reads it). Returns the bank's offset."""
-        bank = _SIG_OFF + 64 * _MAX_LOCAL * ((self._epoch + 1) % 2)
-        slot = self.ctrl[bank + 64 * self.topo.local_rank:bank + 64 * (self.topo.local_rank + 1)]
+        bank = _SIG_OFF + _SLOT * _MAX_LOCAL * ((self._epoch + 1) % 2)
+        slot = self.ctrl[bank + _SLOT * self.topo.local_rank:bank + _SLOT * (self.topo.local_rank + 1)]
         text = str(error).encode()[:56] if error is not None else b""
         kind = 0 if error is None else _sync_kind(error)
         slot[:8] = np.frombuffer(np.int64(kind).tobytes(), dtype=np.uint8)
@@ -264,7 +276,7 @@ class Group:
     def _peer_failure(self, bank, i, what):
         """The error naming local rank index ``i`` if it posted a failure in ``bank`` (MultiwriteTimeout
         for a timeout, else MismatchError), or None."""
-        other = self.ctrl[bank + 64 * i:bank + 64 * (i + 1)]
+        other = self.ctrl[bank + _SLOT * i:bank + _SLOT * (i + 1)]
         kind = int(other[:8].view(np.int64)[0])
         if not kind:
             return None
@@ -342,17 +354,15 @@ class Group:
         own_start = ((self._rounds - 1) // 2 * self._local_size) & 0xFFFFFFFF
         target = (own_start + self._local_size) & 0xFFFFFFFF
         me, staging = self._local_rank, self._round_banks[parity]
-        own = _core.round_put(self.ctrl, staging, src, offset, _ROUND_OWN + 64 * parity,
-                              target if wait_first and wake_first else -1, _ROUND_COUNT + 64 * parity,
-                              start & 0xFFFFFFFF, end & 0xFFFFFFFF,
-                              (_ANNOUNCE + 64 * me, seq, signature, _ROUND_SIG + 64 * (_MAX_LOCAL * parity + me)))
+        own = _core.round_put(self.ctrl, staging, src, offset, parity, target if wait_first and wake_first else -1,
+                              start & 0xFFFFFFFF, end & 0xFFFFFFFF, (me, seq, signature))
         handle = RoundHandle(parity, self._rounds, (seq, signature), start, end, wait_first, own_start)
         return staging, handle, own == target
 
     def round_wait_first(self, handle, what):
         """Wait until the node's own chunks (one per local rank) have landed (round_enter)."""
         target = (handle.own_start + self.topo.local_size) & 0xFFFFFFFF
-        if not self._wait_word(_ROUND_OWN + 64 * handle.parity, target, what, handle.announced):
+        if not self._wait_word(_ROUND_OWN + _LINE * handle.parity, target, what, handle.announced):
             raise MultiwriteTimeout(f"{what}: timed out after {self.timeout_s:g}s waiting for the chunks of "
                                     f"this node's ranks; {self._not_entered(handle.announced[0])}")
 
@@ -360,7 +370,7 @@ class Group:
         """For a timeout message: which local ranks have not announced call ``seq`` yet (the rank
         that died or hangs, or a survivor stuck in an earlier call waiting for it)."""
         behind = [self.topo.local_ranks[i] for i in range(self.topo.local_size)
-                  if 0 <= _SEQ_WORD.unpack_from(self._ctrl_view, _ANNOUNCE + 64 * i)[0] < seq]
+                  if 0 <= _SEQ_WORD.unpack_from(self._ctrl_view, _ANNOUNCE + _SLOT * i)[0] < seq]
         if behind:
             return _not_arrived(behind)
         return ("every rank of this node entered the call: a rank of another node died, hangs, or called a "
@@ -368,24 +378,24 @@ class Group:
 
     def round_wake_first(self, handle):
         """Wake the round_wait_first waiter (see round_enter)."""
-        _core.futex_wake(self.ctrl, _ROUND_OWN + 64 * handle.parity)
+        _core.futex_wake(self.ctrl, _ROUND_OWN + _LINE * handle.parity)
 
     def round_arrived(self, handle, count=1):
         """``count`` chunks are in the staging area (call after writing them). Wakes the waiters only
         when the round is complete: each wake costs every waiter a context switch, and on a host with
         more ranks than cores the woken ranks take the CPU from the ones still working."""
-        _core.round_arrive(self.ctrl, _ROUND_COUNT + 64 * handle.parity, count, handle.start & 0xFFFFFFFF,
+        _core.round_arrive(self.ctrl, handle.parity, count, handle.start & 0xFFFFFFFF,
                            handle.end & 0xFFFFFFFF)
 
     def round_failed(self, handle, error):
         """Record that this round failed on this node (call before round_arrived of the chunk)."""
         parity, number = handle.parity, handle.number
         # byte 0: the failure's kind (see _SYNC_KINDS), so the node's ranks raise the same class
-        text = bytes([_sync_kind(error)]) + str(error).encode()[:254]
-        msg = self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)]
+        text = bytes([_sync_kind(error)]) + str(error).encode()[:_ROUND_MSG_LEN - 2]
+        msg = self.ctrl[_ROUND_MSG + _ROUND_MSG_LEN * parity:_ROUND_MSG + _ROUND_MSG_LEN * (parity + 1)]
         msg[:] = 0
         msg[:len(text)] = np.frombuffer(text, dtype=np.uint8)
-        _core.atomic_store_u32(self.ctrl, _ROUND_ERR + 64 * parity, number & 0xFFFFFFFF)
+        _core.atomic_store_u32(self.ctrl, _ROUND_ERR + _LINE * parity, number & 0xFFFFFFFF)
 
     def round_wait(self, handle, what, error=None, out=None, staging=None, arrive=0):
         """Wait until every chunk of the round landed; then raise ``error``, or a MismatchError if a
@@ -397,9 +407,8 @@ class Group:
         parity, number, announced = handle.parity, handle.number, handle.announced
         if error is not None:
             out = None
-        args = (self.ctrl, _ROUND_COUNT + 64 * parity, handle.end & 0xFFFFFFFF)
-        checks = (_ROUND_ERR + 64 * parity, number & 0xFFFFFFFF, _ROUND_SIG + 64 * _MAX_LOCAL * parity,
-                  8 * len(announced[1]), self._local_size, staging, out)
+        args = (self.ctrl, parity, handle.end & 0xFFFFFFFF)
+        checks = (number & 0xFFFFFFFF, 8 * len(announced[1]), self._local_size, staging, out)
         if arrive and error is None:      # my arrival completes the round: no waiting, so no slices
             status = _core.round_collect(*args, self.timeout_s, *checks, (arrive, handle.start & 0xFFFFFFFF))
         else:
@@ -415,28 +424,28 @@ class Group:
         if error is not None:
             raise error
         if status == _ROUND_FAILED:
-            msg = bytes(self.ctrl[_ROUND_MSG + 256 * parity:_ROUND_MSG + 256 * (parity + 1)])
+            msg = bytes(self.ctrl[_ROUND_MSG + _ROUND_MSG_LEN * parity:_ROUND_MSG + _ROUND_MSG_LEN * (parity + 1)])
             raise _sync_class(msg[0])(f"{what}: a relay of this node failed: "
                                       f"{msg[1:].rstrip(bytes(1)).decode(errors='replace')}")
         raise self.round_mismatch(handle, what) or MismatchError(f"{what}: the ranks of node {self.topo.node} "
                                                                  f"called it with different arguments")
 
     def round_signature_slots(self, parity, n):
-        """(ctrl, offset, bytes, local ranks) of the signature slots of round bank ``parity`` for
+        """(ctrl, parity, bytes, local ranks) of the signature slots of round bank ``parity`` for
         signatures of ``n`` values: what _core.pack_node_packets compares."""
-        return self.ctrl, _ROUND_SIG + 64 * _MAX_LOCAL * parity, 8 * n, self._local_size
+        return self.ctrl, parity, 8 * n, self._local_size
 
     def round_mismatch(self, handle, what):
         """MismatchError if the local ranks that entered the round disagree on its signature (valid
         once their chunks have landed), else None."""
         parity, announced = handle.parity, handle.announced
         n = len(announced[1])
-        bank = _ROUND_SIG + 64 * _MAX_LOCAL * parity
+        bank = _ROUND_SIG + _SLOT * _MAX_LOCAL * parity
         view = self._ctrl_view
         first = view[bank:bank + 8 * n]
-        if all(view[bank + 64 * i:bank + 64 * i + 8 * n] == first for i in range(1, self.topo.local_size)):
+        if all(view[bank + _SLOT * i:bank + _SLOT * i + 8 * n] == first for i in range(1, self.topo.local_size)):
             return None
-        sigs = self.ctrl[bank:bank + 64 * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
+        sigs = self.ctrl[bank:bank + _SLOT * self.topo.local_size].view(np.int64).reshape(-1, _SIG_WORDS)[:, :n]
         rows = ", ".join(f"rank {self.topo.local_ranks[i]}: {tuple(int(v) for v in sigs[i])}"
                          for i in range(self.topo.local_size))
         return MismatchError(f"{what}: ranks of node {self.topo.node} called it with different "
@@ -508,42 +517,18 @@ class Group:
         self.stats.add_control(64)
         return self.transport.allgather_obj(obj)
 
-    def allgather_int64(self, values, what="control allgather"):
-        """int64 [size, len(values)]: one fixed-size control allgather (every rank the same length).
-
-        Small vectors go through multiwrite's own barrier-free small all_gather: one message per node
-        pair crosses the network, where the transport's allgather takes several rounds that may each
-        cross it (on the 2 x 4 virtual cluster dispatch's count table is agreed 2.2-2.6 ms after the
-        first rank entered, against 2.9-3.3 ms through the transport's allgather). Its bytes are counted as control traffic. Ranks
-        passing different lengths get a MismatchError."""
-        vec = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-        self.stats.add_control(vec.nbytes)
-        from .allgather import all_gather_bytes, small_path
-        if not small_path(self.size, vec.nbytes):
-            return self.transport.allgather_int64(vec)
-        out = np.empty(self.size * vec.nbytes, dtype=np.uint8)
-        stats, self.stats = self.stats, Stats()
-        try:
-            all_gather_bytes(self, out, vec.view(np.uint8), dtype="int64")
-        except MismatchError as exc:
-            raise MismatchError(f"{what}: ranks passed different numbers of values ({vec.size} on this "
-                                f"rank) or called different operations: {exc}") from exc
-        finally:
-            self.stats = stats
-        return out.view(np.int64).reshape(self.size, -1)
-
     # -- lifetime --------------------------------------------------------------------------
     def close(self):
         if self._closed:
             return
         self._closed = True
-        for callback in getattr(self, "_on_close", []):
+        for callback in self._close_callbacks:
             callback()
         for seg in self._buffers.values():
             seg.close()
         self._buffers.clear()
         self._private.clear()
-        self.plans.clear()
+        self._extensions.clear()
         self._round_banks = None
         self.ctrl = None
         self._ctrl_view.release()
@@ -567,7 +552,7 @@ def init(transport=None, *, mode=None, timeout=None) -> Group:
     global _default
     if _default is not None:
         return _default
-    from . import transport as _transport
+    from .. import transport as _transport
     if transport is None or isinstance(transport, str):
         # A bad setting on this rank is raised after every rank has compared its start-up state, so
         # that the others raise at once too (transport.create)

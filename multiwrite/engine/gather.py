@@ -1,21 +1,20 @@
-"""AllGather on MultiWrite: every rank's chunk crosses each remote node's link once.
+"""The small-chunk gather path: every rank's chunk to every rank, barrier-free (node rounds of
+runtime/group.py) and with the fewest messages (docs/design.md, "Small messages"). Used by the small
+AllGather (ops/allgather.py) and by the control allgather (engine/control.py).
 
-MultiWrite mode (default): rank r sends its chunk once to one relay on every other node (relays are
-spread over the node's ranks); the relay receives it straight into the node's shared staging buffer,
-where every rank of that node reads it. Chunks of the own node are written to the staging buffer
-directly. Inter-node bytes leaving a node: L·(N−1)·(c + 64) (64 = packet header).
-
-Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
-straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
+Every rank writes its chunk into the node's round staging area (Group.round_*: a counter per round
+instead of barriers). Up to AGGREGATE_MAX_BYTES per node the node's chunks travel as ONE packet to
+the leader of every other node; above, every rank sends its own chunk to its relay on each other node
+(relay trees of engine/tree.py).
 """
-
 import numpy as np
 from time import perf_counter as _pc
 
-from . import _core, _dtypes, _packets, _tensors
-from ._config import check_mode
-from .errors import MismatchError, MultiwriteError, MultiwriteTimeout
-from .group import ROUND_STAGING_BYTES, resolve, tag_for
+from .. import _core
+from ..errors import MismatchError, MultiwriteError, MultiwriteTimeout
+from ..runtime import dtypes as _dtypes
+from ..runtime.group import ROUND_STAGING_BYTES, tag_for
+from . import packets as _packets, tree
 
 OP = _packets.WIN_ALLGATHER
 #: Chunks up to this size (and P * c up to the round staging area) take the barrier-free path.
@@ -24,148 +23,16 @@ SMALL_MAX_BYTES = 64 * 1024
 #: every rank sends its own chunk to its relay on each other node (messages stay below MPI's eager
 #: limit, and several ranks share the sending work).
 AGGREGATE_MAX_BYTES = 32 * 1024
-#: Large path: bytes copied between two chances to call the transport's progress.
-_COPY_SLICE = 1 << 20
 TRACE = None                # a list: (label, perf_counter) of the small path's phases (profiling)
-_SMALL, _LARGE = 1, 2       # path id in the node signature: ranks on different paths disagree
+_SMALL = 1                  # path id in the node signature: ranks on different paths disagree
 
 
-def all_gather(out, x, *, group=None, mode=None):
-    """Gather ``x`` from every rank into ``out`` (rank order), like ``dist.all_gather_into_tensor``.
-
-    x: tensor or array, any shape and dtype (bfloat16 included), same number of bytes and dtype on
-    every rank. out: tensor or array with ``world_size * x.numel()`` elements of x's dtype, any shape
-    (e.g. ``[P * n, ...]`` or ``[P, n, ...]``); non-contiguous outputs are written through a copy.
-    mode: None (MULTIWRITE_MODE), "multiwrite" or "unicast". Returns ``out``.
-    Raises MismatchError when ranks disagree on size or dtype, MultiwriteTimeout when a peer is missing.
-    """
-    g = resolve(group)
-    mode = g.mode if mode is None else check_mode(mode)
-    if mode == "multiwrite" and _tensors.is_tensor(x) and _tensors.is_tensor(out):
-        # Contiguous CPU tensors of one dtype: the small path takes them as DLPack capsules, with no
-        # views and no tensor attributes read (its per-rank relay variant works on NumPy views)
-        pair = _tensors.dlpack_pair(x, out)
-        if pair is not None:
-            cx, co, dtype, c, out_bytes = pair
-            if out_bytes == g.size * c and small_path(g.size, c):
-                plan = _SmallPlan.get(g, c)
-                if not plan.relays:
-                    _all_gather_small(g, plan, co, cx, *_next_call(g, c, dtype))
-                    return out
-    dtype = _tensors.dtype_name(x)
-    if _tensors.dtype_name(out) != dtype:
-        raise TypeError(f"all_gather: out has dtype {_tensors.dtype_name(out)}, x has {dtype}")
-    if _tensors.numel(out) != g.size * _tensors.numel(x):
-        raise ValueError(f"all_gather: out has {_tensors.numel(out)} elements; expected world_size "
-                         f"({g.size}) x {_tensors.numel(x)} = {g.size * _tensors.numel(x)}")
-    src = _tensors.input_bytes(x)
-    dst = _tensors.OutputBytes(out)
-    all_gather_bytes(g, dst, src, mode=mode, dtype=dtype)
-    return dst.commit()
-
-
-def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
-    """Byte-level AllGather: ``out`` (uint8 [P*c], or a _tensors.OutputBytes: its byte view is then
-    made once this rank's chunk is on its way) receives every rank's ``src`` (uint8 [c])."""
-    topo = g.topo
-    P, c, r = g.size, src.nbytes, g.rank
-    if out.nbytes != P * c:
-        raise ValueError(f"all_gather: output has {out.nbytes} bytes, expected {P} x {c}")
-    seq, tag, window_id, what = _next_call(g, c, dtype)
-    unicast = mode == "unicast"
-    if not unicast and small_path(P, c):
-        return _all_gather_small(g, _SmallPlan.get(g, c), out, src, seq, tag, window_id, what)
-    if TRACE is not None: TRACE.append(("enter", _pc()))
-    out = _bytes_of(out)
-    staging_bytes = (topo.local_size if unicast else P) * c
-    need, mismatch = g.node_agree(what, (OP, seq, c, window_id, int(unicast), _LARGE), need_bytes=staging_bytes,
-                                  seq=seq)
-    staging = g.node_buffer("allgather", need)
-    if TRACE is not None: TRACE.append(("agreed", _pc()))
-
-    remote = [s for s in range(P) if not topo.same_node(s)]
-    headers_in = _packets.header_buffers(g, "allgather_hin", len(remote))
-    recvs, sources = [], []
-    if unicast:
-        # Every remote rank sends me its own copy, straight into my output.
-        senders, landing = remote, lambda s: out[s * c:(s + 1) * c]
-        slot = topo.local_rank * c
-    else:
-        # I relay the chunks whose sources map to me; they land in the node's staging buffer.
-        senders = [s for s in remote if topo.relay_for(s, topo.node) == r]
-        landing = lambda s: staging[s * c:(s + 1) * c]
-        slot = r * c
-    for i, s in enumerate(senders):
-        recvs.append(_packets.PacketRecv(g, headers_in[i], landing(s), s, tag, what))
-        sources.append((i, s))
-
-    staging[slot:slot + c] = src
-    if topo.local_size > 1:
-        g.stats.add_intra(c)
-
-    if unicast:
-        targets = [(d, 1 << topo.local_rank_of[d], d * c) for d in remote]
-    else:
-        targets = [(topo.relay_for(r, m), _packets.full_bitmap(len(topo.node_ranks[m])), r * c)
-                   for m in range(topo.num_nodes) if m != topo.node]
-    headers_out = _packets.header_buffers(g, "allgather_hout", len(targets))
-    sends = []
-    for i, (d, bitmap, offset) in enumerate(targets):
-        sends += _packets.send(g, headers_out[i], src, d, tag, window_id=window_id, seq=seq,
-                               dest_bitmap=bitmap, offset=offset)
-
-    if TRACE is not None: TRACE.append(("sent", _pc()))
-
-    def check_headers():
-        for i, s in sources:
-            _packets.check(headers_in[i], what=what, window_id=window_id, seq=seq, src_rank=s,
-                           window_size=P * c, num_local_ranks=topo.local_size, payload_len=c)
-
-    # The chunks of my node are in the staging buffer once every local rank passed this barrier: copy
-    # them into my output while the remote chunks are still on the wire (half of the copying at
-    # N = 2; unicast: all of it, since remote chunks land straight in the output).
-    if mismatch is None and topo.local_size > 1:
-        g.node_barrier(what)
-    if mismatch is None:
-        progress = _packets.Progress(g.transport)
-        for s in topo.local_ranks:
-            at = topo.local_rank_of[s] * c if unicast else s * c
-            for a in range(0, c, _COPY_SLICE):      # the transport moves the transfer in between
-                b = min(a + _COPY_SLICE, c)
-                out[s * c + a:s * c + b] = staging[at + a:at + b]
-                progress()
-
-    if TRACE is not None: TRACE.append(("local_copied", _pc()))
-    error = _packets.complete(g, what, recvs, sends, check_headers, mismatch)
-    if TRACE is not None: TRACE.append(("landed", _pc()))
-    if unicast:
-        g.node_sync(what, error)   # my node peers have read my slot of the staging buffer
-    else:
-        # A remote chunk is in the staging buffer once its relay on this node has arrived here: copy
-        # each relay's chunks as it arrives, while the slower relays' chunks are still landing.
-        relayed = {}
-        for s in remote:
-            relayed.setdefault(topo.local_rank_of[topo.relay_for(s, topo.node)], []).append(s)
-
-        def copy_relayed(i):
-            for s in relayed.get(i, ()):
-                out[s * c:(s + 1) * c] = staging[s * c:(s + 1) * c]
-        g.node_sync_each(what, error, copy_relayed)
-    if TRACE is not None: TRACE.append(("synced_copied", _pc()))
-    return out
-
-
-def _next_call(g, c, dtype):
+def next_call(g, c, dtype):
     """(seq, tag, window id, description) of this rank's next all_gather of ``c`` bytes of ``dtype``
     per rank; the dtype travels in every header's window id."""
     seq = g.next_seq()
     return (seq, tag_for(OP, seq), OP + 256 * _dtypes.code(dtype),
             f"all_gather (call #{seq}, {c} bytes of {dtype} per rank)")
-
-
-def _bytes_of(out):
-    """The uint8 array behind ``out`` (an array, or a _tensors.OutputBytes)."""
-    return out.bytes if isinstance(out, _tensors.OutputBytes) else out
 
 
 def small_path(world_size, c):
@@ -179,7 +46,7 @@ def node_aggregated(topo, c):
     return small_path(topo.world_size, c) and max(len(r) for r in topo.node_ranks) * c <= AGGREGATE_MAX_BYTES
 
 
-def _all_gather_small(g, plan, out, src, seq, tag, window_id, what):
+def gather_small(g, plan, out, src, seq, tag, window_id, what):
     """MultiWrite AllGather for small chunks (latency-bound): no node barriers, one message per node pair.
 
     Every rank writes its chunk into the node's round staging area (Group.round_*: a counter per round
@@ -207,7 +74,6 @@ def _all_gather_small(g, plan, out, src, seq, tag, window_id, what):
         sends = _post_node_packet(g, plan, staging, rnd, seq, tag, window_id)
         if not plan.leads:
             g.round_wake_first(rnd)
-    out = _bytes_of(out)
     error = None
     if plan.leads:
         error = _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends)
@@ -227,7 +93,7 @@ def _all_gather_small(g, plan, out, src, seq, tag, window_id, what):
     return out
 
 
-class _SmallPlan:
+class SmallPlan:
     """What the small path needs for one chunk size on this rank, worked out once per group: on a
     host with more ranks than cores, each rank's per-call Python work is CPU time its peers wait for.
     Senders of node packets also get their buffers (one set per round parity), leaders the staging
@@ -237,7 +103,7 @@ class _SmallPlan:
 
     @classmethod
     def get(cls, g, c):
-        plans = g.plans.setdefault("allgather_small", {})
+        plans = g.extension("gather.small_plans", dict)
         plan = plans.get(c)
         if plan is None:
             if len(plans) >= cls._MAX_PLANS:
@@ -262,7 +128,7 @@ class _SmallPlan:
         mine = topo.node_ranks[topo.node]
         self.payload_len = len(mine) * c
         self.packet_offset = mine[0] * c
-        self.bitmaps = [_packets.full_bitmap(size) for _, _, size in self.others]
+        self.bitmaps = [tree.full_bitmap(size) for _, _, size in self.others]
         self.dests = tuple((m, bitmap) for (m, _, _), bitmap in zip(self.others, self.bitmaps))
         # the slots pack_node_packets compares: the signature _all_gather_small announces has 6 values
         self.signature_slots = [g.round_signature_slots(parity, 6) for parity in (0, 1)]
@@ -299,7 +165,8 @@ def _payload_pieces(ranks, c):
 
 def _other_nodes(topo):
     """(node, its leader, its number of ranks) of every other node."""
-    return [(m, topo.node_ranks[m][0], len(topo.node_ranks[m])) for m in range(topo.num_nodes) if m != topo.node]
+    return [(m, tree.leader(topo, topo.rank, m), len(topo.node_ranks[m])) for m in range(topo.num_nodes)
+            if m != topo.node]
 
 
 def _post_node_packet(g, plan, staging, rnd, seq, tag, window_id, local_error=None):
@@ -447,7 +314,7 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
     P, c, r, H = g.size, src.nbytes, g.rank, _packets.HEADER
     fused = not g.transport.exact_size_recv
     remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
-    senders = [s for s in range(P) if not topo.same_node(s) and topo.relay_for(s, topo.node) == r]
+    senders = tree.relayed_by(topo, r, range(P))
     if fused:
         inbox = g.private_buffer(f"allgather_small_rin{rnd.parity}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
         recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
@@ -457,10 +324,10 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
                  for i, s in enumerate(senders)]
     sends = []
     outbox = g.private_buffer(f"allgather_small_rout{rnd.parity}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
-    for i, m in enumerate(remote_nodes):
-        d = topo.relay_for(r, m)
+    for i, hop in enumerate(tree.plan(topo, r, range(P))[1]):
+        m, d = hop.node, hop.relay
         _packets.build(outbox[i, :H], window_id=window_id, seq=seq, src_rank=r, dest_node=m,
-                       dest_bitmap=_packets.full_bitmap(len(topo.node_ranks[m])), offset=r * c, payload_len=c)
+                       dest_bitmap=hop.bitmap, offset=r * c, payload_len=c)
         g.stats.add_inter(H + c, m)
         if fused:
             outbox[i, H:] = src

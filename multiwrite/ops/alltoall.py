@@ -9,9 +9,11 @@ disagree on the split sizes get a MismatchError naming the peer instead of corru
 """
 import numpy as np
 
-from . import _dtypes, _packets, _tensors
-from .errors import MismatchError
-from .group import resolve, tag_for
+from ..engine import packets as _packets
+from ..engine.control import allgather_int64
+from ..runtime import dtypes as _dtypes, tensors as _tensors
+from ..errors import MismatchError
+from ..runtime.group import resolve, tag_for
 
 OP = _packets.WIN_ALLTOALL
 
@@ -66,7 +68,7 @@ def _agree_on_splits(g, what, send_bytes, recv_bytes):
     MismatchError when what some rank sends to another differs from what that one expects: a
     disagreement fails every rank of the group, not only the ranks of the pairs that disagree."""
     P = g.size
-    table = g.allgather_int64(np.concatenate([send_bytes, recv_bytes]).astype(np.int64), what)
+    table = allgather_int64(g, np.concatenate([send_bytes, recv_bytes]).astype(np.int64), what)
     sends, expects = table[:, :P], table[:, P:]
     bad = np.argwhere(sends != expects.T)           # (s, d): s sends d other than d expects from s
     if len(bad):

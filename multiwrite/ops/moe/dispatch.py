@@ -22,14 +22,17 @@ import numpy as np
 import torch
 from time import perf_counter as _pc
 
-from . import _core, _dtypes, _packets
-from ._config import check_mode
-from .errors import MismatchError, PeerFailure
-from .group import resolve, tag_for
+from ... import _core
+from ...engine import packets as _packets
+from ...runtime import dtypes as _dtypes
+from ...engine import tree
+from ..._config import check_mode
+from ...errors import MismatchError, PeerFailure
+from ...runtime.group import resolve, tag_for
+from .common import FLOAT_DTYPES, agree, empty_tensor, flag_bytes, wait_done
 
 OP = _packets.WIN_DISPATCH
 TRACE = None                # a list: (label, perf_counter) of the phases (profiling)
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
     P = g.size
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         return f"x must be a 2-D tensor [num_tokens, hidden], got {getattr(x, 'shape', type(x))}"
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         return f"x must be float32, float16 or bfloat16, got {x.dtype}"
     if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype != torch.int64 or topk_idx.dim() != 2:
         return f"topk_idx must be an int64 tensor [num_tokens, k], got {getattr(topk_idx, 'dtype', type(topk_idx))} " \
@@ -102,25 +105,6 @@ def _check_inputs(g, x, topk_idx, topk_weights, num_experts):
             bad = lo if lo < -1 else hi
             return f"topk_idx holds expert id {bad}, outside [-1, {num_experts})"
     return None
-
-
-def _agree(g, what, status, ints, length):
-    """One fixed-size control allgather: every rank's status flag and ``length`` integers.
-
-    If any rank failed its local checks, a second allgather shares the messages and every rank raises
-    the same error (ValueError on the failing ranks, MismatchError on the others). Returns int64
-    [P, length]."""
-    vec = np.zeros(1 + length, dtype=np.int64)
-    if status is None:
-        vec[1:] = ints
-    else:
-        vec[0] = 1
-    table = g.allgather_int64(vec, what)
-    if table[:, 0].any():
-        messages = g.allgather_obj(status)
-        text = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
-        raise (ValueError if status is not None else MismatchError)(f"{what}: {text}")
-    return table[:, 1:]
 
 
 _MODES = {"multiwrite": 0, "unicast": 1}
@@ -167,7 +151,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
             status = "the handle comes from another group"
         elif not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != handle.num_tokens:
             status = f"x has shape {tuple(getattr(x, 'shape', ()))}, the handle was made for {handle.num_tokens} tokens"
-        elif x.dtype not in _FLOAT_DTYPES:
+        elif x.dtype not in FLOAT_DTYPES:
             status = f"x must be float32, float16 or bfloat16, got {x.dtype}"
         else:
             topk_idx, topk_weights, num_experts = handle.topk_idx, handle.topk_weights, handle.num_experts
@@ -175,7 +159,6 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     else:
         mode = g.mode if mode is None else check_mode(mode)
         status = _check_inputs(g, x, topk_idx, topk_weights, num_experts)
-    T = x.shape[0] if status is None else 0
     k = topk_idx.shape[1] if status is None else 0
     row_bytes = x.shape[1] * x.element_size() if status is None else 0
 
@@ -201,7 +184,7 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
         outgoing = _Outgoing(g, x, topk_idx, topk_weights, row_bytes, k, mode == "unicast", node_offsets,
                              node_tokens, node_bitmaps, rank_offsets, rank_tokens, sent_ranks)
         if TRACE is not None: TRACE.append(("prepacked", _pc()))
-    table = _agree(g, what, status, ints, len(_META) + N + P)
+    table = agree(g, what, status, ints, len(_META) + N + P)
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     metas = table[:, :len(_META)]
     if (metas != metas[0]).any():
@@ -211,12 +194,11 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     rank_counts = np.ascontiguousarray(table[:, len(_META) + N:])               # [P, P]
     unicast = mode == "unicast"
 
-    rec, x_bytes, idx_np, w_np = outgoing.rec, outgoing.x_bytes, outgoing.idx_np, outgoing.w_np
+    rec = outgoing.rec
 
     # Node receive buffer: records from every source for this node, in source-rank order. In unicast
     # mode, remote sources' records for this rank go to a private buffer instead.
     node = topo.node
-    local_src = [s for s in range(P) if topo.node_of[s] == node]
     node_in = node_counts[:, node].copy()
     if unicast:
         node_in[[s for s in range(P) if topo.node_of[s] != node]] = 0
@@ -241,10 +223,13 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     fbytes = flag_bytes(P + L + 1)
     need = fbytes + int(node_off[-1])
     shared = g.node_buffer("dispatch_recv", need)
-    node_buf = shared[fbytes:]
-    _wait_done(g, what, shared, 4 * P)
+    wait_done(g, what, shared, 4 * P)
+    routing = _Routing(x=x, topk_idx=topk_idx, topk_weights=topk_weights, num_experts=int(num_experts), k=k,
+                       row_bytes=row_bytes, mode=mode, cached=cached, handle=handle, node_offsets=node_offsets,
+                       node_tokens=node_tokens, node_bitmaps=node_bitmaps, rank_offsets=rank_offsets,
+                       rank_tokens=rank_tokens, node_counts=node_counts, rank_counts=rank_counts)
     try:
-        return _dispatch_recv(**locals())
+        return _dispatch_recv(g, seq, what, routing, outgoing, sends, shared, node_off, node_in, tag, window_id)
     finally:
         _core.atomic_store_u32(shared, 4 * (P + lr), ready)
 
@@ -268,7 +253,7 @@ class _Outgoing:
                       np.full(int(sent_ranks[d]), 1 << topo.local_rank_of[d], dtype=np.uint64))
                      for d in range(g.size) if topo.node_of[d] != topo.node and sent_ranks[d]]
         else:
-            units = [(topo.relay_for(g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
+            units = [(tree.spread(topo, g.rank, m), node_tokens[node_offsets[m]:node_offsets[m + 1]],
                       node_bitmaps[node_offsets[m]:node_offsets[m + 1]])
                      for m in range(topo.num_nodes) if m != topo.node and node_offsets[m + 1] > node_offsets[m]]
         send_buf = g.private_buffer("dispatch_send", sum(len(u[1]) for u in units) * rec)
@@ -307,10 +292,45 @@ class _Outgoing:
         return sends
 
 
-def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, ready, window_id, shared,
-                   node_buf, node_off, node_in, node_counts, rank_counts, local_src, sends, x, x_bytes, idx_np,
-                   w_np, k, row_bytes, num_experts, node_offsets, node_tokens, node_bitmaps, rank_offsets,
-                   rank_tokens, topk_idx, topk_weights, cached, handle, mode, T, **_):
+@dataclass
+class _Routing:
+    """One dispatch call's inputs and routing: this rank's plan (by node and by rank) and every rank's
+    agreed counts (node_counts [P, N], rank_counts [P, P])."""
+    x: torch.Tensor
+    topk_idx: torch.Tensor
+    topk_weights: torch.Tensor
+    num_experts: int
+    k: int
+    row_bytes: int
+    mode: str
+    cached: bool
+    handle: Optional[DispatchHandle]
+    node_offsets: np.ndarray
+    node_tokens: np.ndarray
+    node_bitmaps: np.ndarray
+    rank_offsets: np.ndarray
+    rank_tokens: np.ndarray
+    node_counts: np.ndarray
+    rank_counts: np.ndarray
+
+
+def _dispatch_recv(g, seq, what, routing, outgoing, sends, shared, node_off, node_in, tag, window_id):
+    """The receiving half of a dispatch: land and check the packets this rank relays, unpack this rank's
+    rows from every source's records as they arrive, and build the handle. ``shared``: the node buffer
+    (arrival words, then the records at ``node_off`` per source); ``outgoing``/``sends``: this rank's
+    packets, still in flight."""
+    topo = g.topo
+    P, L, lr, node = g.size, topo.local_size, topo.local_rank, topo.node
+    x, k, row_bytes, num_experts = routing.x, routing.k, routing.row_bytes, routing.num_experts
+    topk_idx, topk_weights, cached, handle, mode = (routing.topk_idx, routing.topk_weights, routing.cached,
+                                                    routing.handle, routing.mode)
+    node_offsets, node_tokens, node_bitmaps = routing.node_offsets, routing.node_tokens, routing.node_bitmaps
+    rank_offsets, rank_tokens = routing.rank_offsets, routing.rank_tokens
+    node_counts, rank_counts = routing.node_counts, routing.rank_counts
+    unicast, T = mode == "unicast", x.shape[0]
+    rec, x_bytes, idx_np, w_np = outgoing.rec, outgoing.x_bytes, outgoing.idx_np, outgoing.w_np
+    node_buf = shared[flag_bytes(P + L + 1):]
+    local_src = [s for s in range(P) if topo.node_of[s] == node]
     recvs = {}                       # source -> receives of its pieces (the packets this rank receives)
     per = _packets.MAX_PIECES
     headers_in = _packets.header_buffers(g, "dispatch_hin", P * per)
@@ -333,7 +353,7 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
                 receive(s, uni_buf[uni_off[s]:uni_off[s + 1]], int(rank_counts[s, g.rank]))
     else:
         for s in remote:
-            if node_counts[s, node] and topo.relay_for(s, node) == g.rank:
+            if node_counts[s, node] and tree.spread(topo, s, node) == g.rank:
                 receive(s, node_buf[node_off[s]:node_off[s + 1]], int(node_counts[s, node]))
 
     # Own node: straight into shared memory (one piece), then flag it.
@@ -435,34 +455,6 @@ def _dispatch_recv(*, g, topo, what, seq, P, N, L, lr, node, unicast, rec, tag, 
     return recv_x, recv_idx, recv_w, per_expert, new
 
 
-def empty_tensor(shape, dtype):
-    """Like torch.empty, backed by NumPy (malloc) memory: large torch CPU allocations come as fresh
-    pages on every call (page faults cost ~1 ms per MiB on a VM), malloc's heap reuses freed memory."""
-    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-    raw = torch.from_numpy(np.empty(nbytes, dtype=np.uint8))
-    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
-
-
-def _wait_done(g, what, shared, offset):
-    """Wait until every local rank's done word (u32 at ``offset + 4 * local rank``) has reached this
-    rank's own: they have all finished reading the node buffer in the previous call of the operation."""
-    import time
-    from .errors import MultiwriteTimeout
-    lr = g.topo.local_rank
-    prev = _core.atomic_load_u32(shared, offset + 4 * lr)
-    deadline = time.monotonic() + g.timeout_s
-    for j in range(g.topo.local_size):
-        if j != lr and not _core.wait_u32_ge(shared, offset + 4 * j, prev, max(deadline - time.monotonic(), 1e-3)):
-            raise MultiwriteTimeout(f"{what}: timed out after {g.timeout_s:g}s waiting for rank "
-                                    f"{g.topo.local_ranks[j]} of this node to finish the previous call "
-                                    f"(died, hangs, or called a different operation)")
-
-
-def flag_bytes(n):
-    """Bytes of ``n`` u32 arrival flags at the start of a node buffer (64-byte aligned)."""
-    return (4 * n + 63) // 64 * 64
-
-
 _FAILED = 15                 # an arrival word at base + _FAILED: the rank that fills the region failed
 _TIMED_OUT = 14              # ... at base + _TIMED_OUT: it timed out waiting for the region's records
 _PEER_GONE = 13              # ... at base + _PEER_GONE: the region's sender is gone (PeerFailure)
@@ -496,7 +488,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
     would stall the relay waiting for its packet; and queued pieces are posted as room frees up).
     """
     import time
-    from .errors import MultiwriteError, MultiwriteTimeout
+    from ...errors import MultiwriteError, MultiwriteTimeout
     topo = g.topo
     error = None
     bufs = dict(regions)
@@ -539,7 +531,7 @@ def _exchange(g, what, shared, bell, base, regions, cuts_of, recvs, check, proce
             else:
                 avail = _arrived(_core.atomic_load_u32(shared, 4 * s), base)
                 if avail < 0:
-                    filler = topo.relay_for(s, topo.node) if topo.node_of[s] != topo.node else s
+                    filler = tree.spread(topo, s, topo.node) if topo.node_of[s] != topo.node else s
                     # a relay's timeout is this rank's too (the records will not come): same class
                     fail(MultiwriteTimeout(f"{what}: rank {filler} of this node timed out after {g.timeout_s:g}s "
                                            f"waiting for the records of rank {s} (a peer died, hangs, or did not "
@@ -640,7 +632,7 @@ def _reduce_index(g, regions, fan, local_rows, unicast, rec):
         if unicast and topo.node_of[s] != node:
             continue    # rows private to this rank: combine sends them back as they are
         counts = fan[s]
-        computes = (s == g.rank) if topo.node_of[s] == node else (topo.relay_for(s, node) == g.rank)
+        computes = (s == g.rank) if topo.node_of[s] == node else (tree.spread(topo, s, node) == g.rank)
         if computes:
             bitmaps = np.ascontiguousarray(buf.reshape(-1, rec)[:, 8:16]).view(np.uint64).ravel()
             pos = _core.fanout_positions(bitmaps, L)

@@ -1,8 +1,8 @@
 """The MoE communication Buffer (DeepEP-style API) over multiwrite's dispatch and combine."""
 from . import combine as _combine
 from . import dispatch as _dispatch
-from ._config import check_mode
-from .group import resolve
+from ..._config import check_mode
+from ...runtime.group import resolve
 
 
 class Buffer:
@@ -33,13 +33,13 @@ class Buffer:
         return _dispatch.get_dispatch_layout(topk_idx, num_experts, group=self.group)
 
     def dispatch(self, x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=None):
-        """See :func:`multiwrite.dispatch.dispatch`: returns (recv_x [R, H], recv_topk_idx int64 [R, k],
+        """See :func:`multiwrite.ops.moe.dispatch.dispatch`: returns (recv_x [R, H], recv_topk_idx int64 [R, k],
         recv_topk_weights float32 [R, k], num_recv_tokens_per_expert list[int], handle)."""
         return _dispatch.dispatch(x, topk_idx, topk_weights, num_experts, handle=handle, group=self.group,
                                   mode=self.mode)
 
     def get_combine_buffer(self, handle, hidden=None, dtype=None):
-        """See :func:`multiwrite.combine.get_combine_buffer`: the [R, hidden] tensor to write expert
+        """See :func:`multiwrite.ops.moe.combine.get_combine_buffer`: the [R, hidden] tensor to write expert
         outputs into for the next ``combine`` (zero-copy in MultiWrite mode; node-collective)."""
         return _combine.get_combine_buffer(handle, hidden, dtype, group=self.group)
 
@@ -50,6 +50,6 @@ class Buffer:
 
 def _resolve_any(group):
     if group is not None and not hasattr(group, "topo"):
-        from .backend import group_of
+        from ...backend import group_of
         group = group_of(group)
     return resolve(group)

@@ -1,7 +1,7 @@
 """Broadcast on MultiWrite: the root's payload crosses each remote node's link once.
 
 MultiWrite mode (default): the root sends one packet (64-byte header + payload) to one relay on every
-other node (the relay is chosen by ``topo.relay_for(root, node)``, spreading roots over a node's ranks);
+other node (the relay tree of engine/tree.py, ``spread`` policy: roots spread over a node's ranks);
 the relay receives it straight into the node's shared staging buffer, where every rank of that node
 reads it. On the root's own node the root writes the payload to the staging buffer directly.
 Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node sends nothing.
@@ -9,9 +9,11 @@ Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node se
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Same results.
 """
-from . import _dtypes, _packets, _tensors
-from ._config import check_mode
-from .group import resolve, tag_for
+from ..engine import packets as _packets
+from ..runtime import dtypes as _dtypes, tensors as _tensors
+from ..engine import tree
+from .._config import check_mode
+from ..runtime.group import resolve, tag_for
 
 OP = _packets.WIN_BROADCAST
 
@@ -63,7 +65,7 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
     if not on_root_node:
         if not uses_staging:
             landing = buf           # unicast, or a node of one rank: straight into the output
-        elif topo.relay_for(root, topo.node) == r:
+        elif tree.spread(topo, root, topo.node) == r:
             landing = staging       # this rank relays the node's single copy
         if landing is not None:
             header_in = _packets.header_buffers(g, "broadcast_hin", 1)[0]
@@ -74,15 +76,11 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
         if uses_staging:
             staging[:] = buf
             g.stats.add_intra(c)
-        if unicast:
-            targets = [(d, 1 << topo.local_rank_of[d]) for d in range(g.size) if topo.node_of[d] != root_node]
-        else:
-            targets = [(topo.relay_for(root, m), _packets.full_bitmap(len(topo.node_ranks[m])))
-                       for m in range(topo.num_nodes) if m != root_node]
-        headers_out = _packets.header_buffers(g, "broadcast_hout", len(targets))
-        for i, (d, bitmap) in enumerate(targets):
-            sends += _packets.send(g, headers_out[i], buf, d, tag, window_id=window_id, seq=seq,
-                                   dest_bitmap=bitmap)
+        _, hops = tree.plan(topo, root, range(g.size), relay=None if unicast else tree.spread, per_rank=unicast)
+        headers_out = _packets.header_buffers(g, "broadcast_hout", len(hops))
+        for i, hop in enumerate(hops):
+            sends += _packets.send(g, headers_out[i], buf, hop.relay, tag, window_id=window_id, seq=seq,
+                                   dest_bitmap=hop.bitmap)
 
     def check_header():
         if header_in is not None:

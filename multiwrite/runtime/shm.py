@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .errors import MultiwriteError
+from ..errors import MultiwriteError
 
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "multiwrite-"
