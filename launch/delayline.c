@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: MIT
 // The user-space delay line of launch/vcluster, in C (vcluster builds it with the host's C compiler on
 // first use and falls back to its Python delay line without one).  Same contract as vcluster's
 // delayline_main:

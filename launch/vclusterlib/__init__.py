@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The parts of launch/vcluster, the virtual-cluster launcher (standard library only; run as root).
 
 ``launch/vcluster`` puts launch/ on sys.path and calls :func:`vclusterlib.cli.main`.  Each module

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The vcluster command: options and --help, the checks before anything is built, signals, and main
 (build, run, tear down or keep; --list / --cleanup*; the delay-line subprocess)."""
 

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The Cluster: registers a run, builds it (switch namespace with a bridge, one node namespace per node
 with a veth into the bridge, hosts files, TCP congestion control, shaping, the delay line where one is
 needed), says how to run a command in a node, and tears it all down."""

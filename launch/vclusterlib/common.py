@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """What every part of vcluster uses: the program's name and files, its user-facing error and its
 progress lines."""
 

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The user-space delay line, the fallback when the kernel has no sch_netem: the Python line itself
 (run as ``launch/vcluster --_delayline ...`` in the switch namespace), the build of the C line
 (launch/delayline.c, once per source version), and starting, waiting for and stopping either one."""

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Running the command on the cluster: the environment it gets, the launchers (none: once per node,
 torchrun: once per node, mpirun: once in node 0 with launch/vcluster_agent.sh), the child processes with
 their output tagged line by line, the --grace / --timeout / delay-line watch, and the exit status."""

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Helper commands and the host's processes: running ip/tc/unshare with a timeout, what a failed one
 most likely means, the network namespaces and the processes in them, process identity and killing."""
 

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Link shaping with tc: htb for the rate, netem for the delay (or bfifo for the queue alone), the probe
 for sch_netem and the choice of how the delay is made (--delay-mode)."""
 

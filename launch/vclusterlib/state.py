@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """What a run leaves on the host and how it is recorded and removed: the state files
 (/run/vcluster/<prefix>/state.json) and their lock, the choice of a free subnet, the teardown of a
 recorded run (shared by normal exit, failures, signals and --cleanup*), and --list / --cleanup."""

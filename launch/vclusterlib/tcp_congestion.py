@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """--tcp-congestion: which TCP congestion control the node namespaces get, read and set inside them."""
 
 import argparse

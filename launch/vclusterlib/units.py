@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Link rates and delays as tc writes them: parsing --rate / --delay, formatting a rate."""
 
 import argparse
