@@ -17,6 +17,7 @@ from .errors import MismatchError, MultiwriteError, MultiwriteTimeout, WindowErr
 from .runtime.group import Group, default_group, finalize, init
 from .ops.allgather import all_gather
 from .ops.broadcast import broadcast
+from .ops.reduce import all_reduce, reduce, reduce_scatter
 from . import backend as _backend  # registers the "multiwrite" torch.distributed backend
 from .ops.window import Window
 from .ops.moe.buffer import Buffer
@@ -44,3 +45,4 @@ def reset_stats(group=None) -> None:
 
 __all__ = ["init", "finalize", "topology", "stats", "reset_stats", "all_gather", "Window", "Buffer", "moe", "Group",
            "default_group", "MultiwriteError", "MultiwriteTimeout", "MismatchError", "WindowError"]
+__all__ += ["all_reduce", "reduce", "reduce_scatter"]
