@@ -22,7 +22,11 @@ naming the op and the dtype, before anything is sent (checks.py).
 
 Launch and rendezvous: torchrun uses the usual ``env://`` and the multiwrite transport is Gloo over the
 group's store; under mpirun importing multiwrite fills in torch's environment from MPI's and ``env://``
-rendezvouses through MPI, and the transport is MPI (mpi_env.py, transports.py).
+rendezvouses through MPI (``init_method="mpi://"`` does so explicitly), and the transport is MPI
+(mpi_env.py, transports.py). The backend must be imported before ``init_process_group("multiwrite")``:
+torch loads third-party distributed backends only from their import (``import multiwrite``).
+
+Diagnostics go to ``logging.getLogger("multiwrite")`` (debug: groups created, transport, rendezvous).
 
 Subgroups (``dist.new_group(ranks)``) get a multiwrite Group over exactly those ranks: a Gloo
 transport from the subgroup's prefix store, or an MPI communicator from ``MPI_Comm_create_group``.
@@ -34,15 +38,18 @@ transport, timeout and start-up agreement), work (Work objects), checks (argumen
 delegated (the ops), process_group (the ProcessGroup, the backend creator, teardown at exit).
 """
 import atexit
+import logging
 
 from ._torch import BACKEND_NAME, dist
-from .mpi_env import install_rendezvous_hook, set_env_from_mpi_launcher
+from .mpi_env import MPI_SCHEME, install_rendezvous_hook, register_mpi_scheme, set_env_from_mpi_launcher
 
 if dist is not None:
     from .process_group import ProcessGroupMultiwrite, create, shutdown_all
 
+log = logging.getLogger("multiwrite")
 
-def group_of(pg=None):
+
+def group_of(pg: "dist.ProcessGroup | None" = None):
     """The multiwrite Group behind a torch ProcessGroup of the "multiwrite" backend (None: the world
     group). Use it with multiwrite's own API: ``mw.Buffer(group=pg)``, ``mw.all_gather(out, x,
     group=group_of(pg))``."""
@@ -61,12 +68,17 @@ def group_of(pg=None):
     return g
 
 
-def register():
-    """Register the "multiwrite" backend (done on import; idempotent)."""
+def register() -> None:
+    """Register the "multiwrite" backend (done on import; idempotent), through torch's public APIs:
+    ``dist.Backend.register_backend("multiwrite", ..., extended_api=True, devices=["cpu"])`` and the
+    ``mpi://`` rendezvous scheme (``register_rendezvous_handler``). Under mpirun without MASTER_ADDR
+    also routes ``env://`` through MPI, the one thing torch offers no public hook for (mpi_env.py)."""
     if dist is None:
         return
-    if BACKEND_NAME.upper() not in dist.Backend._plugins:
+    if BACKEND_NAME not in dist.Backend.backend_list:
         dist.Backend.register_backend(BACKEND_NAME, create, extended_api=True, devices=["cpu"])
+        log.debug("multiwrite: torch.distributed backend %r registered (devices: cpu)", BACKEND_NAME)
+    register_mpi_scheme()
     install_rendezvous_hook()
 
 
@@ -75,4 +87,4 @@ register()
 if dist is not None:
     atexit.register(shutdown_all)
 
-__all__ = ["BACKEND_NAME", "ProcessGroupMultiwrite", "group_of", "register"]
+__all__ = ["BACKEND_NAME", "MPI_SCHEME", "ProcessGroupMultiwrite", "group_of", "register"]

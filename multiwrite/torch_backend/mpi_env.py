@@ -12,12 +12,32 @@ rendezvouses through MPI.
   ``MULTIWRITE_MASTER_ADDR`` overrides), and tells the others through MPI; every key lives under a
   per-job secret prefix. ``MASTER_ADDR``/``MASTER_PORT`` are set afterwards for other libraries. The
   multiwrite transport is MPI (``MULTIWRITE_TRANSPORT`` overrides: ``gloo`` works too).
+
+How it is attached to torch (torch 2.13):
+
+* ``mpi://`` is a rendezvous scheme of its own, registered through torch's public
+  ``torch.distributed.rendezvous.register_rendezvous_handler``: ``init_process_group("multiwrite",
+  init_method="mpi://")`` (or ``"gloo"``) rendezvouses through MPI whatever the environment says.
+* ``env://`` (the default init_method) under mpirun without ``MASTER_ADDR``: torch has no public way to
+  extend or replace a scheme that exists (``register_rendezvous_handler`` refuses a registered scheme),
+  so this one case wraps the handler in torch's private ``_rendezvous_handlers["env"]``. It is done
+  only when the process was launched by MPI and ``MASTER_ADDR`` is unset at import -- exactly the case
+  where torch's own ``env://`` would fail with "MASTER_ADDR expected" -- and the wrapper calls torch's
+  handler unchanged whenever ``MASTER_ADDR`` is set when ``init_process_group`` runs (unless this
+  process did the MPI rendezvous before: re-initialisation stays on MPI). Under torchrun, with
+  ``MASTER_ADDR`` set, or outside MPI, nothing of torch's is touched.
 """
 import datetime
+import logging
 import os
 
 from .. import _config
 from .transports import timeout_seconds
+
+log = logging.getLogger("multiwrite")
+
+#: The rendezvous scheme registered through torch's public API (``init_method="mpi://"``).
+MPI_SCHEME = "mpi"
 
 _MPI_ENV_KEYS = (  # (rank, size, local rank, local size) per MPI launcher
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
@@ -39,7 +59,7 @@ def _mpi_env_values():
     return None
 
 
-def set_env_from_mpi_launcher():
+def set_env_from_mpi_launcher() -> None:
     """At import: RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE from the MPI launcher (never overrides)."""
     if not _config.launched_by_mpi() or "MASTER_ADDR" in os.environ:
         return
@@ -90,29 +110,55 @@ def _mpi_rendezvous(url, timeout):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
     os.environ.setdefault("MULTIWRITE_TRANSPORT", "mpi")
     _mpi_state["done"] = True
+    log.debug("multiwrite: MPI rendezvous done: rank %d of %d, store on %s:%d", rank, size, addr, port)
     yield store, rank, size
     raise RuntimeError("multiwrite: re-rendezvous through MPI is not supported")
 
 
-def install_rendezvous_hook():
-    """Route env:// through MPI when launched by mpirun without MASTER_ADDR (else torch's own env://)."""
+def mpi_rendezvous_handler(url, timeout=datetime.timedelta(minutes=30), **kwargs):
+    """Handler of the ``mpi://`` scheme: the MPI rendezvous, whatever MASTER_ADDR says."""
+    return _mpi_rendezvous(url, timeout)
+
+
+def register_mpi_scheme() -> None:
+    """``mpi://`` through torch's public register_rendezvous_handler (idempotent)."""
+    from torch.distributed.rendezvous import register_rendezvous_handler
+    try:
+        register_rendezvous_handler(MPI_SCHEME, mpi_rendezvous_handler)
+    except RuntimeError as exc:          # registered before: by an earlier import, or by someone else
+        log.debug("multiwrite: %s:// not registered again: %s", MPI_SCHEME, exc)
+
+
+def env_hook_wanted() -> bool:
+    """The private env:// wrapper is installed only when torch's own env:// cannot work: launched by
+    MPI and no MASTER_ADDR (module doc)."""
+    return _config.launched_by_mpi() and "MASTER_ADDR" not in os.environ
+
+
+def install_rendezvous_hook() -> bool:
+    """Under mpirun without MASTER_ADDR: route env:// through MPI (module doc). Returns whether the
+    wrapper is in place."""
+    if not env_hook_wanted():
+        return False
     import importlib
     _rdzv = importlib.import_module("torch.distributed.rendezvous")   # dist.rendezvous is the function
-    handlers = getattr(_rdzv, "_rendezvous_handlers", None)
-    if handlers is None or "env" not in handlers:
-        if _config.launched_by_mpi() and "MASTER_ADDR" not in os.environ:
-            import warnings
-            warnings.warn("multiwrite: cannot hook torch's env:// rendezvous in this torch version; "
-                          "under mpirun set MASTER_ADDR/MASTER_PORT yourself", RuntimeWarning, stacklevel=3)
-        return
+    handlers = getattr(_rdzv, "_rendezvous_handlers", None)           # private: no public way (module doc)
+    if not isinstance(handlers, dict) or "env" not in handlers:
+        log.warning("multiwrite: cannot route torch's env:// rendezvous through MPI in this torch version; "
+                    "under mpirun pass init_method='mpi://' or set MASTER_ADDR/MASTER_PORT")
+        return False
     if getattr(handlers["env"], "_multiwrite", False):
-        return
+        return True
     torch_env = handlers["env"]
 
     def env_or_mpi(url, timeout=datetime.timedelta(minutes=30), **kwargs):
         if _mpi_rendezvous_wanted():
+            log.debug("multiwrite: env:// under mpirun without MASTER_ADDR: rendezvous through MPI")
             return _mpi_rendezvous(url, timeout)
         return torch_env(url, timeout=timeout, **kwargs)
 
     env_or_mpi._multiwrite = True
+    env_or_mpi.__wrapped__ = torch_env
     handlers["env"] = env_or_mpi
+    log.debug("multiwrite: env:// routed through MPI when MASTER_ADDR is unset (launched by MPI)")
+    return True

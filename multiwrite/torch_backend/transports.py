@@ -7,14 +7,17 @@ A subgroup gets a Gloo transport from its prefix store, or an MPI communicator f
 ``MPI_Comm_create_group`` over exactly its ranks.
 """
 import datetime
+import logging
 import os
 import zlib
 
 from .. import _config
 from ._torch import dist
 
+log = logging.getLogger("multiwrite")
 
-def timeout_seconds(timeout):
+
+def timeout_seconds(timeout: "datetime.timedelta | None") -> float:
     """MULTIWRITE_TIMEOUT, else the ``timeout`` given to init_process_group, else the default."""
     if os.environ.get("MULTIWRITE_TIMEOUT"):
         return _config.timeout_s()
@@ -94,4 +97,5 @@ def open_transport(store, prefix, rank, size, global_ranks, group_id, timeout_s)
     except ValueError:             # a bad setting is raised by _agree_through_store, once every rank saw it
         kind = "gloo"
     _agree_through_store(store, f"{prefix}/g{group_id}", rank, size, kind, timeout_s)
+    log.debug("multiwrite: group %s (rank %d of %d): %s transport", group_id, rank, size, kind)
     return _make_transport(store, rank, size, global_ranks, group_id, timeout_s, prefix + "/transport", kind)
