@@ -23,22 +23,27 @@ from .ops.window import Window
 from .ops.moe.buffer import Buffer
 from . import moe
 
+from typing import TYPE_CHECKING
 
-def topology(group=None):
+if TYPE_CHECKING:
+    from .topology import Topology
+
+
+def topology(group: "Group | None" = None) -> "Topology":
     """Placement of this rank: a Topology with rank, world_size, node, num_nodes, local_rank,
     local_size (and node_of / local_rank_of / node_ranks for every rank)."""
     from .runtime.group import resolve
     return resolve(group).topo
 
 
-def stats(group=None) -> dict:
+def stats(group: "Group | None" = None) -> dict:
     """This rank's traffic since the last reset: ``{"inter_node": {"bytes", "messages",
     "per_peer_node": {node: bytes}}, "intra_node": {"bytes", "messages"}, "control": {...}}``."""
     from .runtime.group import resolve
     return resolve(group).stats.as_dict()
 
 
-def reset_stats(group=None) -> None:
+def reset_stats(group: "Group | None" = None) -> None:
     from .runtime.group import resolve
     resolve(group).stats.reset()
 

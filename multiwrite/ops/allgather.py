@@ -8,8 +8,10 @@ directly. Inter-node bytes leaving a node: L·(N−1)·(c + 64) (64 = packet hea
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into the output: L·(P−L)·(c + 64) bytes leave a node. Same results.
 """
+from __future__ import annotations
 
 from time import perf_counter as _pc
+from typing import TYPE_CHECKING, Union
 
 from ..engine import packets as _packets
 from ..runtime import tensors as _tensors
@@ -18,6 +20,14 @@ from ..engine.gather import SmallPlan, gather_small, next_call, node_aggregated,
 from .._config import check_mode
 from ..runtime.group import resolve
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..runtime.group import Group
+
+    TensorLike = Union[torch.Tensor, np.ndarray]
+
 OP = _packets.WIN_ALLGATHER
 #: Large path: bytes copied between two chances to call the transport's progress.
 _COPY_SLICE = 1 << 20
@@ -25,7 +35,8 @@ TRACE = None                # a list: (label, perf_counter) of the large path's 
 _LARGE = 2                  # path id in the node signature: ranks on different paths disagree
 
 
-def all_gather(out, x, *, group=None, mode=None):
+def all_gather(out: TensorLike, x: TensorLike, *, group: Group | None = None, mode: str | None = None
+               ) -> TensorLike:
     """Gather ``x`` from every rank into ``out`` (rank order), like ``dist.all_gather_into_tensor``.
 
     x: tensor or array, any shape and dtype (bfloat16 included), same number of bytes and dtype on

@@ -7,6 +7,10 @@ staging buffer, never through the network. Inter-node bytes leaving a node: the 
 (bytes sent to remote ranks + 64 per remote rank). The headers carry the chunk length, so ranks that
 disagree on the split sizes get a MismatchError naming the peer instead of corrupt data.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence, Union
+
 import numpy as np
 
 from ..engine import packets as _packets
@@ -14,6 +18,13 @@ from ..engine.control import allgather_int64
 from ..runtime import dtypes as _dtypes, tensors as _tensors
 from ..errors import MismatchError
 from ..runtime.group import resolve, tag_for
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..runtime.group import Group
+
+    TensorLike = Union[torch.Tensor, np.ndarray]
 
 OP = _packets.WIN_ALLTOALL
 
@@ -34,7 +45,8 @@ def _splits(name, splits, rows, size):
     return splits
 
 
-def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=None, *, group=None):
+def all_to_all_single(output: TensorLike, input: TensorLike, output_split_sizes: Sequence[int] | None = None,
+                      input_split_sizes: Sequence[int] | None = None, *, group: Group | None = None) -> TensorLike:
     """Like ``dist.all_to_all_single``: rows ``input[in_off[d]:in_off[d] + input_split_sizes[d]]`` go to
     rank d, and the rows from rank s land at ``output[out_off[s]:...]`` (offsets = prefix sums of the
     split sizes; None = equal splits of dim 0).

@@ -9,16 +9,29 @@ Inter-node bytes leaving the root's node: (N−1)·(c + 64); every other node se
 Unicast mode (``MULTIWRITE_MODE=unicast`` or ``mode="unicast"``): one copy per remote rank, received
 straight into its output: (P−L_root)·(c + 64) bytes leave the root's node. Same results.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
 from ..engine import packets as _packets
 from ..runtime import dtypes as _dtypes, tensors as _tensors
 from ..engine import tree
 from .._config import check_mode
 from ..runtime.group import resolve, tag_for
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..runtime.group import Group
+
+    TensorLike = Union[torch.Tensor, np.ndarray]
+
 OP = _packets.WIN_BROADCAST
 
 
-def broadcast(tensor, root=0, *, group=None, mode=None):
+def broadcast(tensor: TensorLike, root: int = 0, *, group: Group | None = None, mode: str | None = None
+              ) -> TensorLike:
     """Copy ``tensor`` of rank ``root`` into ``tensor`` of every rank of the group, in place, like
     ``dist.broadcast(tensor, src=root)``.
 

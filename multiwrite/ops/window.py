@@ -11,8 +11,11 @@ which fans it out. Destination sets are stateless: any subset, no setup call, no
 Completion: ``req.wait()`` = local completion (src reusable); remote visibility through per-source
 arrival counters (``win.arrivals()``, ``win.wait_from(src, count)``) or the collective ``win.fence()``.
 """
+from __future__ import annotations
+
 import itertools
 import time
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +28,13 @@ from .._config import check_mode
 from ..errors import MultiwriteError, MultiwriteTimeout, WindowError
 from ..runtime.group import resolve
 from ..transport import Request, wait_all
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..runtime.group import Group
+
+    TensorLike = Union[torch.Tensor, np.ndarray]
 
 _REFUSED_OFF = 4       # u32: packets the node relay refused for this window (malformed, out of bounds)
 _RELAY_DEAD_OFF = 8    # u32: 1 once the node relay stopped for good (its transport failed)
@@ -63,7 +73,7 @@ class Window:
 
     _ids = itertools.count(_packets.USER_WINDOW_BASE)
 
-    def __init__(self, nbytes, group=None):
+    def __init__(self, nbytes: int, group: Group | None = None) -> None:
         g = resolve(group)
         try:
             valid = int(nbytes) == nbytes and nbytes >= 0
@@ -85,7 +95,7 @@ class Window:
         self._refused_seen = 0
         self._sent_to_node = np.zeros(topo.num_nodes, dtype=np.int64)   # packets sent per node
         self._seq_to_node = np.zeros(topo.num_nodes, dtype=np.int64)
-        self._pending = []
+        self._pending: list[WriteRequest] = []
         local = topo.local_ranks
         self._data_off = {}
         off = _round64(_ARRIVALS_OFF + 4 * (topo.local_size + 1) * topo.world_size)
@@ -104,7 +114,7 @@ class Window:
         self.buffer = self._mem[mine:mine + self.nbytes]
 
     # -- access --------------------------------------------------------------------------
-    def tensor(self, dtype=None):
+    def tensor(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """This rank's window as a 1-D torch tensor of ``dtype`` (default uint8), sharing memory."""
         import torch
         self._check()
@@ -153,14 +163,14 @@ class Window:
         """Offset of the count of ``src``'s packets this node's relay has handled (delivered or refused)."""
         return _ARRIVALS_OFF + 4 * (self.group.topo.local_size * self.group.size + src)
 
-    def arrivals(self):
+    def arrivals(self) -> np.ndarray:
         """int64 [world_size]: writes with notify that reached this rank's window, per source rank."""
         self._check()
         g = self.group
         base = self._arrival_off(g.topo.local_rank, 0)
         return self._mem[base:base + 4 * g.size].view(np.uint32).astype(np.int64)
 
-    def wait_from(self, src, count=1, timeout=None):
+    def wait_from(self, src: int, count: int = 1, timeout: float | None = None) -> None:
         """Block until at least ``count`` writes from rank ``src`` (counted since creation) are visible."""
         self._check()
         g = self.group
@@ -172,7 +182,9 @@ class Window:
                                     f"rank {src} arrived within {timeout:g}s")
 
     # -- the primitive -----------------------------------------------------------------------
-    def multi_write(self, src, ranks, offset=0, *, notify=True, mode=None):
+    def multi_write(self, src: TensorLike, ranks: Sequence[int],
+                    offset: int | list[int] | tuple[int, ...] | np.ndarray = 0, *, notify: bool = True,
+                    mode: str | None = None) -> WriteRequest:
         """Write ``src`` (tensor/array, any dtype, viewed as bytes) into the window of every rank in
         ``ranks`` at byte ``offset`` (an int for all, or a list with one offset per rank).
         Returns a WriteRequest; ``wait()`` gives local completion. Out-of-window writes, ranks outside
@@ -225,7 +237,7 @@ class Window:
         g.stats.add_inter(header.nbytes + data.nbytes, node)
         return relay.service(g).post(hop.relay, header, data)
 
-    def fence(self):
+    def fence(self) -> None:
         """Collective: every write issued before the fence, by any rank, is visible when it returns."""
         self._check()
         g = self.group
@@ -263,7 +275,7 @@ class Window:
             raise MultiwriteError(f"window {self.id}: the relay of node {self.group.topo.node} stopped: "
                                   f"{self._relay_message()}")
 
-    def free(self):
+    def free(self) -> None:
         """Collective: fence, then release the window. Any later use raises WindowError."""
         if self._freed:
             return

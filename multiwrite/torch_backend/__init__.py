@@ -39,6 +39,7 @@ delegated (the ops), process_group (the ProcessGroup, the backend creator, teard
 """
 import atexit
 import logging
+from typing import TYPE_CHECKING
 
 from ._torch import BACKEND_NAME, dist
 from .mpi_env import MPI_SCHEME, install_rendezvous_hook, register_mpi_scheme, set_env_from_mpi_launcher
@@ -48,8 +49,11 @@ if dist is not None:
 
 log = logging.getLogger("multiwrite")
 
+if TYPE_CHECKING:
+    from ..runtime.group import Group
 
-def group_of(pg: "dist.ProcessGroup | None" = None):
+
+def group_of(pg: "dist.ProcessGroup | None" = None) -> "Group":
     """The multiwrite Group behind a torch ProcessGroup of the "multiwrite" backend (None: the world
     group). Use it with multiwrite's own API: ``mw.Buffer(group=pg)``, ``mw.all_gather(out, x,
     group=group_of(pg))``."""

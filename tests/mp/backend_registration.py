@@ -192,7 +192,8 @@ def exercise_ops(mesh):
     dist.gather(torch.ones(1), [torch.empty(1) for _ in range(P)] if rank == 0 else None, dst=0)
     dist.scatter(torch.empty(1), [torch.ones(1) for _ in range(P)] if rank == 0 else None, src=0)
     dist.barrier()
-    for work in (dist.all_reduce(x.clone(), async_op=True), dist.all_gather_single(torch.empty(4 * P), x, async_op=True),
+    for work in (dist.all_reduce(x.clone(), async_op=True),
+                 dist.all_gather_single(torch.empty(4 * P), x, async_op=True),
                  dist.reduce_scatter_single(torch.empty(1), torch.ones(P), async_op=True)):
         work.get_future().wait()
         work.wait()

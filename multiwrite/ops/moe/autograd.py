@@ -7,11 +7,19 @@ dispatch backward: the gradient of recv_x is combined back to the source tokens 
 gradient of recv_topk_weights flows back to topk_weights (each (token, slot) from the rank owning that
 slot's expert). combine backward: the output gradient is dispatched again with the cached layout.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import combine as _combine
 from . import dispatch as _dispatch
 from .common import FLOAT_DTYPES
+
+if TYPE_CHECKING:
+    from ...runtime.group import Group
+    from .dispatch import DispatchHandle
 
 
 class _Dispatch(torch.autograd.Function):
@@ -56,7 +64,9 @@ class _Combine(torch.autograd.Function):
         return grad_y, None
 
 
-def dispatch(x, topk_idx, topk_weights, num_experts, *, group=None, mode=None):
+def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor | None, num_experts: int, *,
+             group: Group | None = None, mode: str | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], DispatchHandle]:
     """Differentiable dispatch (w.r.t. x and topk_weights). Shapes as in
     :func:`multiwrite.ops.moe.dispatch.dispatch`; returns (recv_x, recv_topk_idx, recv_topk_weights,
     num_recv_tokens_per_expert, handle)."""
@@ -66,6 +76,6 @@ def dispatch(x, topk_idx, topk_weights, num_experts, *, group=None, mode=None):
     return recv_x, recv_idx, recv_w, handle.num_recv_tokens_per_expert, handle
 
 
-def combine(y, handle):
+def combine(y: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
     """Differentiable combine: y [R, H'] -> [T, H'] summed per source token."""
     return _Combine.apply(y, handle)
