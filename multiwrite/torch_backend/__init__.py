@@ -61,7 +61,7 @@ def group_of(pg: "dist.ProcessGroup | None" = None) -> "Group":
         if dist is None or not dist.is_initialized():
             raise RuntimeError("group_of(): torch.distributed is not initialized "
                                "(call dist.init_process_group('multiwrite') first)")
-        pg = dist.distributed_c10d._get_default_group()
+        pg = dist.group.WORLD
     if dist is not None and pg is dist.GroupMember.NON_GROUP_MEMBER:
         raise ValueError("group_of(): this rank is not a member of that process group")
     g = getattr(pg, "mw_group", None)

@@ -19,7 +19,7 @@ def completed(result):
     return _create_work_from_future(fut)
 
 
-class Work(dist._Work):
+class Work(dist.Work):
     """A Work over delegated Gloo work(s), with a completion step (copy-back of non-contiguous
     outputs, unpacking) that runs exactly once, before the future completes or wait() returns.
 
@@ -102,11 +102,12 @@ class Work(dist._Work):
                 return exc
         return None
 
-    def _source_rank(self):
-        """Sender of a receive from any source (dist.recv(t) without src uses it)."""
+    def _source_rank(self) -> int:
+        """Sender of a receive from any source (dist.recv(t) without src uses it). Asks the Gloo work
+        through ``_source_rank`` (torch's own name for it), never the deprecated ``source_rank``."""
         return self._inners[0]._source_rank()
 
-    source_rank = _source_rank
+    source_rank = _source_rank      # overrides torch's deprecated Work.source_rank: no C++ warning
 
     def result(self):
         return self._result

@@ -208,7 +208,7 @@ def exercise_ops(mesh):
     if rank == 0:
         work = dist.irecv(torch.empty(1))
         work.wait()
-        assert work._source_rank() == 1
+        assert work._source_rank() == 1 and work.source_rank() == 1   # no C++ deprecation warning
     elif rank == 1:
         dist.send(torch.ones(1), 0)
     objs = [None] * P
