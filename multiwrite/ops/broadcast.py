@@ -39,8 +39,11 @@ def broadcast(tensor: TensorLike, root: int = 0, *, group: Group | None = None, 
     writable C-contiguous numpy array, with the same number of bytes and dtype on every rank.
     root: rank of the group that holds the data. mode: None (the group's MULTIWRITE_MODE),
     "multiwrite" or "unicast". Returns ``tensor``.
-    Raises MismatchError when ranks disagree on size, dtype or root, MultiwriteTimeout when a peer
-    is missing, ValueError for a root outside the group.
+    Raises MismatchError on every rank of a node where some rank disagrees with the root on size, dtype
+    or root (nodes whose ranks all match the root's call receive the root's data and return; checking
+    every rank against every other would cost a round trip per call: ``dist.broadcast`` on the
+    "multiwrite" backend does that check first), MultiwriteTimeout when a peer is missing, ValueError
+    for a root outside the group.
     """
     g = resolve(group)
     mode = g.mode if mode is None else check_mode(mode)
