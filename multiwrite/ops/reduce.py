@@ -47,8 +47,8 @@ step; every other dtype is reduced in its own dtype with torch's elementwise ops
 **Operations and dtypes.** ``op``: "sum", "avg", "product" (or "prod"), "min", "max", "band", "bor",
 "bxor", or a ``torch.distributed.ReduceOp``. dtypes: float16, bfloat16, float32, float64, int8, int16,
 int32, int64, uint8, bool, complex64, complex128. AVG needs a floating or complex dtype, the bitwise
-ops an integer or bool dtype, MIN/MAX a real dtype; other combinations raise TypeError, PREMUL_SUM a
-ValueError. Bool SUM is a logical or, PRODUCT a logical and; integer SUM and PRODUCT wrap around.
+ops an integer or bool dtype, PRODUCT/MIN/MAX a real dtype (complex: SUM and AVG, as in
+torch.distributed); other combinations raise TypeError, PREMUL_SUM a ValueError. Bool SUM is a logical or, PRODUCT a logical and; integer SUM and PRODUCT wrap around.
 
 **Agreement without an extra round trip.** Every packet header carries the call's signature: the
 collective, the reduce op and the dtype in the window id (``_WIN_BASE + 8·collective + op + 256·dtype
@@ -130,6 +130,17 @@ def supports(dtype, op) -> bool:
     return True
 
 
+def covers(dtype, op, what="reduction") -> bool:
+    """False when ``dtype`` is not one these operators reduce (a caller may fall back to another
+    implementation); TypeError/ValueError naming ``what`` when ``op`` is not defined for it (or
+    unknown); True otherwise."""
+    name = _dtype_name(dtype)
+    if name not in SUPPORTED_DTYPES:
+        return False
+    _check_dtype(what, name, op_code(op))
+    return True
+
+
 def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
@@ -143,8 +154,11 @@ def _check_dtype(what, name, rop):
     if rop == AVG and integral:
         raise TypeError(f"{what}: AVG is not defined for {name} (the average of integers is not an integer); "
                         f"use SUM and divide")
-    if rop in (MIN, MAX) and name.startswith("complex"):
-        raise TypeError(f"{what}: {OPS[rop].upper()} is not defined for complex dtypes ({name})")
+    if rop in (PRODUCT, MIN, MAX) and name.startswith("complex"):
+        # (MIN/MAX are undefined; torch.distributed refuses PRODUCT on complex tensors too, and torch's
+        # vectorised and scalar complex products round differently, so a product would depend on where
+        # an element falls in a slice)
+        raise TypeError(f"{what}: {OPS[rop].upper()} is not supported for complex dtypes ({name}); SUM and AVG are")
 
 
 def _as_torch(x, what, name):
@@ -161,27 +175,38 @@ def _as_torch(x, what, name):
     raise TypeError(f"{what}: the {name} must be a torch tensor or a numpy array, got {type(x).__name__}")
 
 
+def _flat_view(t):
+    """A 1-D view of ``t`` with stride 1 over the same memory, or None when ``t`` is not contiguous
+    (a tensor of one element counts as contiguous whatever its stride: it gets stride 1 here)."""
+    if not t.is_contiguous():
+        return None
+    f = t.detach().reshape(-1)
+    if f.numel() <= 1 and f.stride(0) != 1:
+        f = f.as_strided((f.numel(),), (1,))
+    return f
+
+
 def _flat_input(t):
     """A contiguous 1-D view of ``t`` (a copy only when ``t`` is not contiguous)."""
-    return t.detach().reshape(-1) if t.is_contiguous() else t.detach().contiguous().reshape(-1)
+    f = _flat_view(t)
+    return f if f is not None else t.detach().contiguous().reshape(-1)
 
 
 def _write(out, flat):
     """out[...] = flat (any layout of ``out``)."""
     with torch.no_grad():
-        if out.is_contiguous():
-            dst = out.detach().reshape(-1)
-            if dst.data_ptr() != flat.data_ptr():
-                dst.copy_(flat)
-        else:
+        dst = _flat_view(out)
+        if dst is None:
             out.copy_(flat.view(out.shape))
+        elif dst.data_ptr() != flat.data_ptr():
+            dst.copy_(flat)
 
 
 # -- the reduction kernel ---------------------------------------------------------------------------
 def _fold(rop, parts, out, divide=0, progress=None):
     """out = ((parts[0] ⊕ parts[1]) ⊕ ...) ⊕ parts[-1], elementwise, left to right; then out /= divide
-    (AVG). parts: 1-D tensors of out's dtype and length; out may be parts[0] itself. float16/bfloat16
-    SUM/AVG/PRODUCT accumulate in float32 and round once."""
+    (AVG; complex: the real and imaginary parts each). parts: 1-D tensors of out's dtype and length;
+    out may be parts[0] itself. float16/bfloat16 SUM/AVG/PRODUCT accumulate in float32 and round once."""
     n = out.numel()
     if n == 0:
         return
@@ -208,8 +233,8 @@ def _fold(rop, parts, out, divide=0, progress=None):
                 fn(ps[0], ps[1], out=o)
                 for p in ps[2:]:
                     fn(o, p, out=o)
-            if divide:
-                o.div_(divide)
+            if divide:            # complex: each part divided (so no complex division's rounding)
+                (torch.view_as_real(o) if o.is_complex() else o).div_(divide)
         if progress is not None:
             progress()
 
@@ -714,14 +739,15 @@ def _reduce_scatter_flat(g, out, flat, c, rop):
 
     def reduce_nodes():
         nonlocal res
-        res = out.detach().reshape(-1) if out.is_contiguous() else torch.empty(c, dtype=dtype)
+        res = _flat_view(out)
+        if res is None:
+            res = torch.empty(c, dtype=dtype)
         _fold(rop, [parts[k] for k in range(N)], res, divide=P if rop == AVG else 0)
 
     if error is None:
         error = _keep_first(error, reduce_nodes, what)
     _sync(g, call, error)
-    if not out.is_contiguous():
-        _write(out, res)
+    _write(out, res)
 
 
 # -- the public functions -------------------------------------------------------------------------------
@@ -790,4 +816,4 @@ def reduce_scatter(output, input, op="sum", group=None):
     return output
 
 
-__all__ = ["all_reduce", "reduce_scatter", "reduce", "op_code", "supports", "OPS", "SUPPORTED_DTYPES"]
+__all__ = ["all_reduce", "reduce_scatter", "reduce", "op_code", "supports", "covers", "OPS", "SUPPORTED_DTYPES"]
