@@ -7,7 +7,8 @@ mw.broadcast (multiwrite/broadcast.py), under mpirun and torchrun, 4 ranks as 2 
 * test_ops         every op x sync/async x dtypes x (non-)contiguous vs Gloo in the same run, uneven
                    splits, subgroups, every ReduceOp, clear errors, exact MultiWrite byte counts
 * test_broadcast   mw.broadcast: both modes, every root, exact inter-node bytes, mismatches
-* test_ddp         DDP 25 steps: parameters bitwise equal to the Gloo run
+* test_ddp         DDP 25 steps: parameters within 1e-6 of the Gloo run (the all-reduce sums in
+                   another order: multiwrite/ops/reduce.py), replicas bitwise equal
 * test_fsdp        FSDP2 fully_shard 20 steps: losses within 1e-5 of the Gloo run
 * test_moe         expert-parallel MoE (dispatch/combine) 25 steps: loss curve within 1e-4 of a
                    single-process reference
@@ -73,7 +74,8 @@ def test_broadcast(launcher, nprocs, per_node):
 def test_ddp(launcher):
     out = _run(launcher, "backend_ddp.py")
     assert "DDP OK" in out
-    assert "max |param diff| multiwrite vs gloo = 0 (bitwise equal: True)" in out
+    m = re.search(r"max \|param diff\| multiwrite vs gloo = ([0-9.e+-]+)", out)
+    assert m and float(m.group(1)) <= 1e-6, out[-3000:]
 
 
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
@@ -97,7 +99,7 @@ def test_example_ddp(launcher):
     script = os.path.join(_launch.ROOT, "scripts", "example_ddp.py")
     out = _run(launcher, script, args=("--steps", "20", "--compare-gloo"))
     assert "backend multiwrite under " + launcher in out
-    assert "bitwise equal = True" in out
+    assert "(within 1e-05 = True)" in out
 
 
 @_launch.needs_vcluster
@@ -115,7 +117,7 @@ def test_example_ddp_vcluster(launcher):
            "--", sys.executable, script, "--steps", "20", "--compare-gloo"]
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=TIMEOUT + 60, env=env)
-    print("\n".join(line for line in p.stdout.splitlines() if "backend" in line or "bitwise" in line))
+    print("\n".join(line for line in p.stdout.splitlines() if "backend" in line or "Gloo group" in line))
     assert p.returncode == 0, p.stdout[-6000:]
     assert f"backend multiwrite under {launcher}, 4 ranks, 2 node(s)" in p.stdout, p.stdout[-3000:]
-    assert "bitwise equal = True" in p.stdout, p.stdout[-3000:]
+    assert "(within 1e-05 = True)" in p.stdout, p.stdout[-3000:]

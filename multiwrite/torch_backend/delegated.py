@@ -1,10 +1,16 @@
 """The ops delegated to an internal ``ProcessGroupGloo`` built from the same store (same ranks, its own
-key prefix): ``all_reduce`` (+ coalesced), ``reduce_scatter_tensor`` / ``reduce_scatter``, ``reduce``,
-``gather``, ``scatter``, ``barrier``, ``send`` / ``recv``.
+key prefix): ``gather``, ``scatter``, ``barrier``, ``send`` / ``recv``; and the Gloo fallback of the
+reductions (``gloo_allreduce``, ``gloo_allreduce_coalesced``, ``gloo_reduce``, ``gloo_reduce_scatter*``),
+which native.py uses only for what multiwrite's reductions do not cover (a dtype they do not reduce,
+e.g. uint16/uint32/uint64 or float8, several tensors per process in one call).
 
-They return a Work that completes in Gloo's threads, so they overlap with computation (DDP's gradient
-all-reduce with the backward pass). Non-contiguous tensors go through a contiguous copy that is written
-back when the op completes.
+They return a Work that completes in Gloo's threads, so they overlap with computation. Non-contiguous
+tensors go through a contiguous copy that is written back when the op completes.
+
+``barrier`` stays on Gloo on purpose: ProcessGroupGloo's barrier also waits for the work still pending
+in its threads (an ``isend``, ``irecv``, ``gather`` or ``scatter`` issued with ``async_op=True``), which
+a barrier on multiwrite's runtime would not order with; multiwrite's own ops complete before they
+return, so they need no barrier to be ordered.
 """
 import contextlib
 
@@ -58,7 +64,7 @@ def gloo_errors(what, dtype=None):
 
 class DelegatedOps:
     """Mixin of ProcessGroupMultiwrite: the ops above, on ``self.gloo`` (``self._size``: the group's
-    size)."""
+    size). The reductions are the ``gloo_*`` fallbacks that native.py calls."""
 
     def _delegate(self, inners, contig, result):
         # Always wrapped: one behaviour for every op (is_completed() is true once the future is,
@@ -80,22 +86,22 @@ class DelegatedOps:
             inner = gloo_op(work, opts)
         return self._delegate(inner, c, tensors)
 
-    def allreduce(self, tensors, opts=None):
+    def gloo_allreduce(self, tensors, opts=None):
         opts = opts or dist.AllreduceOptions()
         return self._reduce_in_place("all_reduce", f"all_reduce (ReduceOp.{op_name(opts.reduceOp)})", tensors,
                                      opts, self.gloo.allreduce)
 
-    def allreduce_coalesced(self, tensors, opts=None):
+    def gloo_allreduce_coalesced(self, tensors, opts=None):
         opts = opts or dist.AllreduceCoalescedOptions()
         return self._reduce_in_place("all_reduce_coalesced", "all_reduce_coalesced", tensors, opts,
                                      self.gloo.allreduce_coalesced, coalesced=True)
 
-    def reduce(self, tensors, opts=None):
+    def gloo_reduce(self, tensors, opts=None):
         opts = opts or dist.ReduceOptions()
         return self._reduce_in_place("reduce", f"reduce (ReduceOp.{op_name(opts.reduceOp)})", tensors, opts,
                                      self.gloo.reduce)
 
-    def reduce_scatter_single(self, output, input, opts=None):
+    def gloo_reduce_scatter_single(self, output, input, opts=None):
         opts = opts or dist.ReduceScatterOptions()
         what = "reduce_scatter_tensor"
         check_output_input(what, output, input)
@@ -107,17 +113,11 @@ class DelegatedOps:
             inner = self.gloo._reduce_scatter_base(o, i, opts)
         return self._delegate(inner, c, [output])
 
-    def _reduce_scatter_base(self, output, input, opts=None):
-        return self.reduce_scatter_single(output, input, opts)
-
-    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
-        works = [self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)]
+    def gloo_reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
+        works = [self.gloo_reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)]
         return Work(works, None, list(outputs), has_futures=all(has_future(w) for w in works))
 
-    def reduce_scatter_single_coalesced(self, outputs, inputs, opts=None):
-        return self.reduce_scatter_tensor_coalesced(outputs, inputs, opts)
-
-    def reduce_scatter(self, outputs, input_lists, opts=None):
+    def gloo_reduce_scatter(self, outputs, input_lists, opts=None):
         opts = opts or dist.ReduceScatterOptions()
         what = "reduce_scatter"
         if len(outputs) != 1 or len(input_lists) != 1:

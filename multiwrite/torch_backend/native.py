@@ -7,9 +7,20 @@
   all-gathers);
 * on the multiwrite runtime without replication (nothing to deduplicate: every chunk has one
   destination): ``all_to_all_single`` (equal and uneven splits) and ``all_to_all`` (uneven sizes too,
-  through one ``all_to_all_single``) -- multiwrite/alltoall.py, shared memory inside a node.
+  through one ``all_to_all_single``) -- ops/alltoall.py, shared memory inside a node;
+* the reductions, node first (ops/reduce.py: a node's ranks reduce in shared memory, then the ranks
+  of one rail reduce-scatter and all-gather across nodes): ``all_reduce``, ``all_reduce_coalesced``
+  (the tensors flattened into one call), ``reduce`` (an all_reduce that only the root copies out),
+  ``reduce_scatter_tensor`` / ``_reduce_scatter_base`` (+ coalesced) and ``reduce_scatter`` (tensor
+  lists, concatenated). Results are bitwise identical on every rank and from run to run; floating
+  sums differ from Gloo's only by rounding (another summation order). Ranks that disagree on sizes,
+  dtypes or the ReduceOp get a MismatchError on every rank. What ops/reduce.py does not cover falls
+  back to Gloo (delegated.py's ``gloo_*``): a dtype it does not reduce (uint16/32/64, float8), several
+  tensors per process in one all_reduce/reduce call.
 
-They complete before they return (their Work is already done).
+They complete before they return (their Work is already done): the reductions too, so DDP's gradient
+all-reduce does not overlap the backward pass (the Gloo fallback's Work still completes in Gloo's
+threads).
 """
 import torch
 import torch.distributed as dist
@@ -17,10 +28,18 @@ import torch.distributed as dist
 from .checks import (
     check_cpu,
     check_output_input,
+    check_reduce,
     check_same_dtype,
     check_world_multiple,
 )
 from .work import completed
+
+
+def _covered(what, tensors, op):
+    """Whether ops/reduce.py reduces these tensors with ``op`` (else the Gloo fallback runs); a TypeError
+    for an op it does not define for their dtype (complex PRODUCT/MIN/MAX)."""
+    from ..ops.reduce import covers
+    return all(covers(t.dtype, op, f"multiwrite backend: {what}") for t in tensors)
 
 
 class NativeOps:
@@ -141,3 +160,93 @@ class NativeOps:
                 t.copy_(flat_out[off:off + t.numel()].view(t.shape))
                 off += t.numel()
         return completed(outputs)
+
+    # -- reductions, node first (ops/reduce.py) ------------------------------------------------------
+    def allreduce(self, tensors, opts=None):
+        opts = opts or dist.AllreduceOptions()
+        what = "all_reduce"
+        check_cpu(what, *tensors)
+        for t in tensors:
+            check_reduce(what, opts.reduceOp, t.dtype)
+        if len(tensors) != 1 or not _covered(what, tensors, opts.reduceOp):
+            return self.gloo_allreduce(tensors, opts)
+        from ..ops.reduce import all_reduce
+        all_reduce(tensors[0], opts.reduceOp, group=self.mw_group)
+        return completed(tensors)
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        opts = opts or dist.AllreduceCoalescedOptions()
+        what = "all_reduce_coalesced"
+        tensors = list(tensors)
+        check_cpu(what, *tensors)
+        check_same_dtype(what, tensors)
+        for t in tensors:
+            check_reduce(what, opts.reduceOp, t.dtype)
+        if not tensors or not _covered(what, tensors, opts.reduceOp):
+            return self.gloo_allreduce_coalesced(tensors, opts)
+        from ..ops.reduce import all_reduce
+        # one call for all of them: the tensors flattened into one buffer
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        all_reduce(flat, opts.reduceOp, group=self.mw_group)
+        with torch.no_grad():
+            off = 0
+            for t in tensors:
+                t.copy_(flat[off:off + t.numel()].view(t.shape))
+                off += t.numel()
+        return completed(tensors)
+
+    def reduce(self, tensors, opts=None):
+        opts = opts or dist.ReduceOptions()
+        what = "reduce"
+        check_cpu(what, *tensors)
+        for t in tensors:
+            check_reduce(what, opts.reduceOp, t.dtype)
+        if len(tensors) != 1 or opts.rootTensor != 0 or not _covered(what, tensors, opts.reduceOp):
+            return self.gloo_reduce(tensors, opts)
+        from ..ops.reduce import reduce
+        reduce(tensors[0], opts.rootRank, opts.reduceOp, group=self.mw_group)
+        return completed(tensors)
+
+    def reduce_scatter_single(self, output, input, opts=None):
+        opts = opts or dist.ReduceScatterOptions()
+        what = "reduce_scatter_tensor"
+        check_output_input(what, output, input)
+        check_world_multiple(what, "input", input, output, self._size)
+        check_reduce(what, opts.reduceOp, input.dtype)
+        if not _covered(what, [input], opts.reduceOp):
+            return self.gloo_reduce_scatter_single(output, input, opts)
+        from ..ops.reduce import reduce_scatter
+        reduce_scatter(output, input, opts.reduceOp, group=self.mw_group)
+        return completed([output])
+
+    def _reduce_scatter_base(self, output, input, opts=None):
+        return self.reduce_scatter_single(output, input, opts)
+
+    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
+        outputs, inputs = list(outputs), list(inputs)
+        if not _covered("reduce_scatter_tensor", inputs, (opts or dist.ReduceScatterOptions()).reduceOp):
+            return self.gloo_reduce_scatter_tensor_coalesced(outputs, inputs, opts)
+        for o, i in zip(outputs, inputs):
+            self.reduce_scatter_single(o, i, opts)
+        return completed(outputs)
+
+    def reduce_scatter_single_coalesced(self, outputs, inputs, opts=None):
+        return self.reduce_scatter_tensor_coalesced(outputs, inputs, opts)
+
+    def reduce_scatter(self, outputs, input_lists, opts=None):
+        opts = opts or dist.ReduceScatterOptions()
+        what = "reduce_scatter"
+        if len(outputs) != 1 or len(input_lists) != 1:
+            raise ValueError(f"multiwrite backend: {what} takes one output and one input list per process")
+        out, ins = outputs[0], list(input_lists[0])
+        check_cpu(what, out, *ins)
+        check_same_dtype(what, [out] + ins)
+        if len(ins) != self._size or any(t.numel() != out.numel() for t in ins):
+            raise ValueError(f"multiwrite backend: {what} needs {self._size} input tensors of "
+                             f"{out.numel()} elements each")
+        check_reduce(what, opts.reduceOp, out.dtype)
+        if not _covered(what, [out], opts.reduceOp):
+            return self.gloo_reduce_scatter(outputs, input_lists, opts)
+        from ..ops.reduce import reduce_scatter
+        reduce_scatter(out, torch.cat([t.detach().reshape(-1) for t in ins]), opts.reduceOp, group=self.mw_group)
+        return completed([out])

@@ -3,8 +3,11 @@
 A small MLP is trained for STEPS steps with DistributedDataParallel twice from the same seed: once on
 the multiwrite world group, once on a Gloo group over the same ranks. Each rank starts from different
 random weights, so DDP's initial broadcast (on MultiWrite) matters; small buckets give several
-all-reduces per step. The final parameters must be bitwise equal (float32, SUM all-reduce as DDP does;
-the all-reduce is delegated to Gloo, the broadcast is MultiWrite's byte copy, so nothing can differ).
+all-reduces per step. The gradient all-reduce runs on multiwrite's reductions (node first,
+multiwrite/ops/reduce.py), which sum the float32 gradients in another order than Gloo's ring, so the
+two runs may differ by rounding: the final parameters must agree within 1e-6 (measured: ~3e-8 after
+25 steps) and the losses within 1e-6; the replicas of the multiwrite run must be bitwise equal to each
+other (every rank gets the same all-reduce result, bit for bit).
 Prints "max |param diff| = ..." and "DDP OK".
 """
 import sys
@@ -16,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from backend_common import Timer, bitwise_equal, finish, group_of, init, log
 
 STEPS = 25
+TOLERANCE = 1e-6       # rounding: the all-reduce sums in another order than Gloo (module doc)
 
 
 def make_model(seed):
@@ -64,8 +68,8 @@ def main():
     log(f"DDP {STEPS} steps: max |param diff| multiwrite vs gloo = {diff:.3g} (bitwise equal: {bitwise}), "
         f"max |loss diff| = {loss_diff:.3g}, final loss {losses_mw[-1]:.6f}, "
         f"multiwrite inter-node bytes from rank 0 (DDP broadcast) = {inter} ({timer})")
-    assert bitwise, f"DDP parameters differ from the Gloo run: max |diff| {diff}"
-    assert losses_mw == losses_gl
+    assert diff <= TOLERANCE, f"DDP parameters differ from the Gloo run: max |diff| {diff}"
+    assert loss_diff <= TOLERANCE, f"DDP losses differ from the Gloo run: max |diff| {loss_diff}"
     finish("DDP")
 
 
