@@ -23,6 +23,7 @@ COLLECTIVES = {                                 # nccl-tests style: interleaved,
     "allgather": "multiwrite.bench.allgather",
     "dispatch": "multiwrite.bench.moe",
     "combine": "multiwrite.bench.moe",
+    "reduce": "multiwrite.bench.reduce",       # all_reduce / reduce_scatter vs MPI's and Gloo's
     "all": "multiwrite.bench.all",
 }
 BENCHMARKS = {**TOOLS, **COLLECTIVES}

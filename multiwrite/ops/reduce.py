@@ -235,7 +235,7 @@ def _fold(rop, parts, out, divide=0, progress=None):
                     fn(o, p, out=o)
             if divide:            # complex: each part divided (so no complex division's rounding)
                 (torch.view_as_real(o) if o.is_complex() else o).div_(divide)
-        if progress is not None:
+        if progress is not None and e < n:        # between chunks (Open MPI moves data only inside MPI)
             progress()
 
 
