@@ -1,2 +1,3 @@
 """ops"""
-from .reduce import all_reduce, reduce, reduce_scatter  # noqa: F401,E402  (reductions, node first)
+# (``reduce`` stays the submodule's name here: mw.reduce / ops.reduce.reduce is the function)
+from .reduce import all_reduce, reduce_scatter  # noqa: F401,E402  (reductions, node first)

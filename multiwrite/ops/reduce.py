@@ -273,9 +273,9 @@ class _Call:
         """This call's signature as int64 values (the error path's control allgather)."""
         return np.array([self.coll, self.rop, self.code, self.n, self.root, self.seq], dtype=np.int64)
 
-    def problem(self, info, src, nbytes):
-        """MismatchError if the header ``info`` received from ``src`` does not belong to this call, else
-        None."""
+    def problem(self, info, src, nbytes, piece=0, pieces=1):
+        """MismatchError if the header ``info`` received from ``src`` is not piece ``piece`` of ``pieces``
+        (``nbytes`` of payload) of this call, else None."""
         wid, off = info["window_id"], info["offset"]
         if info["src_rank"] != src or info["seq"] != self.seq:
             return MismatchError(f"{self.what}: rank {src} sent a packet of its call #{info['seq']} (rank "
@@ -294,72 +294,208 @@ class _Call:
                 theirs = _describe(coll, rop, wid // 256, off & ((1 << _N_BITS) - 1), root)
             return MismatchError(f"{self.what}: rank {src} called {theirs} (ranks called it with different "
                                  f"arguments)")
+        index, count = _piece_of(info)
+        if index != piece or count != pieces:
+            return MismatchError(f"{self.what}: rank {src} sent piece {index} of {count}, this rank expects piece "
+                                 f"{piece} of {pieces}")
         if info["payload_len"] != nbytes:
             return MismatchError(f"{self.what}: rank {src} sent {info['payload_len']} bytes, this rank expects "
                                  f"{nbytes}")
         return None
 
-    def send(self, header, payload, dst, tag, failed):
-        """One packet to ``dst`` (another node); a failed call sends the header alone, flagged."""
-        if failed:
-            payload = payload[:0]
+    def send(self, header, payload, dst, tag, failed, piece=0, pieces=1):
+        """Piece ``piece`` of ``pieces`` of a packet to ``dst`` (another node). Before any piece of it
+        went out, a failed call sends one piece, the header alone, flagged; once pieces are on their way
+        the remaining ones keep their sizes (the receiver has posted them) and carry the flag."""
+        bitmap = (_FAILED if failed else _OK) | piece << 8 | pieces << 32
         return _packets.send(self.g, header, payload, dst, tag, window_id=self.window_id, seq=self.seq,
-                             dest_bitmap=_FAILED if failed else _OK, offset=self.offset)
+                             dest_bitmap=bitmap, offset=self.offset)
+
+    def poison(self, header, dst, tag):
+        """The one header-only piece of a packet this rank cannot send (see send)."""
+        return self.send(header, _empty(0), dst, tag, True)
+
+
+def _piece_of(info):
+    """(piece, pieces) of a received header: bits 8..31 and 32..63 of its destination bitmap."""
+    bitmap = info["dest_bitmap"]
+    return (bitmap >> 8) & 0xFFFFFF, bitmap >> 32
+
+
+def _cuts(g, length, size, single=True):
+    """Element cuts [0, ..., length] of a packet of ``length`` elements of ``size`` bytes sent in pieces:
+    on MPI about MULTIWRITE_PIECE_KIB (2 MiB) each, at most 8, one piece in flight per destination, so
+    that they land one after the other and the receiver reduces and forwards the first while the rest
+    is on the wire (Open MPI moves concurrent large messages to one peer fragment by fragment in turn,
+    and a single large one measured slower on the virtual cluster); one piece on an exact-size
+    transport (Gloo: a payload's receive is posted after its header) and for packets of several units
+    (``single`` False). Both ends derive the same cuts from the length."""
+    nbytes = length * size
+    if not single or g.transport.exact_size_recv or nbytes <= g.piece_bytes:
+        return [0, length]
+    k = min(_packets.MAX_PIECES, -(-nbytes // g.piece_bytes))
+    return [length * i // k for i in range(k + 1)]
+
+
+def _wait(req, deadline, what, pump):
+    """Wait for ``req``; with ``pump`` (MPI), poll it, calling ``pump()`` between polls (PieceSenders
+    post their next pieces), with short sleeps, until the deadline (then MultiwriteTimeout)."""
+    if pump is None:
+        req.wait(max(deadline - time.monotonic(), 1e-3), what)
+        return
+    from ..transport.base import seconds, waiting_hint
+    start = time.monotonic()
+    sleep = 0.0
+    while not req.test():
+        pump()
+        now = time.monotonic()
+        if now > deadline:
+            raise MultiwriteTimeout(
+                f"{what}: timed out after {seconds(deadline - start)}s waiting for {req.description} "
+                f"({waiting_hint(getattr(req, 'peer', None))}; MULTIWRITE_TIMEOUT sets the limit)")
+        if now - start > 50e-6:
+            sleep = min(max(2 * sleep, 10e-6), 50e-6)
+            time.sleep(sleep)
 
 
 class _Incoming:
-    """One packet from ``src``: the header, then the payload straight into ``payload`` (uint8). On a
-    transport that tolerates wrong sizes (MPI) both receives are posted at once; on an exact-size one
-    (Gloo) the payload's only after its header has been checked. A packet that does not belong to the
-    call has its payload consumed (a short one lands, a long one is truncated or drained, a missing one
-    is cancelled) so that nothing stays queued, and is reported as a MismatchError."""
+    """One packet from ``src`` in pieces (``cuts``: element cuts of ``payload``, uint8 with elements of
+    ``size`` bytes; ``headers``: one 64-byte row per piece): each piece's header, then its payload straight
+    into its place. Piece 0's header is posted at once and its payload once the header has been checked
+    (its size is then known: a receive smaller than the message is never posted, see _consume); the
+    other pieces once piece 0 showed that the sender's call is this rank's (on MPI with their payloads).
+    A packet that does not belong to the call has its payload and every further piece the sender
+    announced received into scratch buffers of their sizes, so that nothing stays queued; it is
+    reported as a MismatchError (``error``)."""
 
-    def __init__(self, call, header, payload, src, tag):
-        g = call.g
-        self.call, self.header, self.payload, self.src, self.tag = call, header, payload, src, tag
-        self.header_req = g.recv(header, src, tag)
-        self.payload_req = None
-        if not g.transport.exact_size_recv and payload.nbytes:
-            self.payload_req = g.recv(payload, src, tag)
+    def __init__(self, call, headers, payload, size, cuts, src, tag):
+        self.call, self.headers, self.payload, self.size, self.cuts = call, headers, payload, size, cuts
+        self.src, self.tag = src, tag
+        self.k = len(cuts) - 1
+        self.reqs = []            # [header request, payload request or None] per posted piece
+        self.checked = 0          # pieces whose header has been checked
+        self.error = None
+        self.closed = False       # piece 0 did not fit: nothing more is expected
+        self._post(0)
 
-    def finish(self, deadline):
-        """Wait for the packet; None, or the error of a packet that does not fit (a MismatchError, or a
-        MultiwriteError for a malformed header). Timeouts and dead peers are raised."""
+    def piece(self, i):
+        return self.payload[self.cuts[i] * self.size:self.cuts[i + 1] * self.size]
+
+    def _post(self, i):
+        """Post piece i's header receive; for i >= 1 (posted once piece 0 showed the sender's call is
+        this rank's, so the sizes agree) on MPI its payload's too (MPI matches in posting order)."""
+        g = self.call.g
+        header_req = g.recv(self.headers[i], self.src, self.tag)
+        payload_req = None
+        if i and not g.transport.exact_size_recv and self.piece(i).nbytes:
+            payload_req = g.recv(self.piece(i), self.src, self.tag)
+        self.reqs.append([header_req, payload_req])
+
+    def _check(self, i, deadline, pump):
+        """Piece i's header is in: check it; piece 0 decides whether the other pieces are posted."""
         g, what = self.call.g, self.call.what
+        piece = self.piece(i)
         try:
-            self.header_req.wait(max(deadline - time.monotonic(), 1e-3), what)
-        except (MultiwriteTimeout, PeerFailure):
-            raise
-        except MultiwriteError as exc:   # e.g. a longer message than a header (a different collective)
-            if self.payload_req is not None:
-                self.payload_req.cancel()
-            return exc
-        try:
-            info = _core.parse_header(self.header)
+            info = _core.parse_header(self.headers[i])
         except ValueError as exc:
             info, problem = None, MultiwriteError(f"{what}: rank {self.src} sent a malformed packet header: {exc}")
         else:
-            problem = self.call.problem(info, self.src, self.payload.nbytes)
+            problem = self.call.problem(info, self.src, piece.nbytes, i, self.k)
         if problem is None:
-            if self.payload_req is None and self.payload.nbytes:
-                self.payload_req = g.recv(self.payload, self.src, self.tag)
-            if self.payload_req is not None:
-                self.payload_req.wait(max(deadline - time.monotonic(), 1e-3), what)
-            return None
-        sent = info["payload_len"] if info is not None else 0
-        if self.payload_req is not None:
-            if sent == 0:
-                self.payload_req.cancel()
-            else:
-                try:
-                    self.payload_req.wait(max(deadline - time.monotonic(), 1e-3), what)
-                except MismatchError:      # longer than expected: truncated, consumed
-                    pass
-        elif sent:
-            drain = g.transport.drain(self.src, self.tag, sent, _packets.DRAIN_LIMIT)
-            if drain is not None:
-                drain.wait(max(deadline - time.monotonic(), 1e-3), what)
-        return problem
+            if self.reqs[i][1] is None and piece.nbytes:        # now that its size is known to fit
+                self.reqs[i][1] = g.recv(piece, self.src, self.tag)
+            if i == 0:           # after piece 0's payload: receives match messages in posting order
+                for j in range(1, self.k):
+                    self._post(j)
+            return
+        self.error = self.error or problem
+        if i > 0:       # its payload was posted with the size the sender announced for it in piece 0
+            return
+        self.closed = True
+        if info is None or not self._consume(info["payload_len"], deadline, pump):
+            return
+        for _ in range(_piece_of(info)[1] - 1):     # the sender's other pieces, as it announced them
+            header = np.empty(_packets.HEADER, dtype=np.uint8)
+            _wait(g.recv(header, self.src, self.tag), deadline, what, pump)
+            try:
+                nbytes = _core.parse_header(header)["payload_len"]
+            except ValueError:
+                return
+            if not self._consume(nbytes, deadline, pump):
+                return
+
+    def _consume(self, sent, deadline, pump):
+        """Take a payload of ``sent`` bytes that does not fit off the transport, into a buffer of its
+        size: a receive into a smaller one is not safe (Open MPI 5 over TCP writes a truncated message
+        of 64 KiB or more past the end of the receive buffer). False when it is too large to drain
+        (DRAIN_LIMIT): nothing more is then received from that sender in this call."""
+        if sent == 0:
+            return True
+        if sent > _packets.DRAIN_LIMIT:
+            return False
+        _wait(self.call.g.recv(np.empty(sent, dtype=np.uint8), self.src, self.tag), deadline, self.call.what, pump)
+        return True
+
+    def _header_failed(self, j, exc):
+        """The receive of piece j's header failed (not a timeout): give up on this packet."""
+        self.error = self.error or exc
+        self.closed = True
+        for header_req, payload_req in self.reqs[j:]:
+            for req in (payload_req, header_req):
+                if req is not None:
+                    req.cancel()
+
+    def poll(self, deadline):
+        """Without waiting (MPI): check the headers that have arrived, so that the pieces they let
+        post are posted while this rank does other work (a sender's next piece waits for them)."""
+        while not self.closed and self.checked < self.k:
+            j = self.checked
+            try:
+                if not self.reqs[j][0].test():
+                    return
+            except (MultiwriteTimeout, PeerFailure):
+                raise
+            except MultiwriteError as exc:
+                self._header_failed(j, exc)
+                return
+            self._check(j, deadline, None)
+            self.checked = j + 1
+
+    def wait_piece(self, i, deadline, pump=None):
+        """Wait until piece ``i`` has landed; False if it will not (the packet did not fit). Timeouts and
+        dead peers are raised; other errors are kept in ``error``."""
+        what = self.call.what
+        while self.checked <= i and not self.closed:
+            j = self.checked
+            try:
+                _wait(self.reqs[j][0], deadline, what, pump)
+            except (MultiwriteTimeout, PeerFailure):
+                raise
+            except MultiwriteError as exc:     # e.g. a longer message than a header (another collective)
+                self._header_failed(j, exc)
+                return False
+            if self.checked == j and not self.closed:      # (unless the pump's poll() checked it)
+                self._check(j, deadline, pump)
+                self.checked = j + 1
+        if self.closed:
+            return False
+        payload_req = self.reqs[i][1]
+        if payload_req is not None:
+            self.reqs[i][1] = None      # waited once only (a Gloo request's second wait waits for another)
+            try:
+                _wait(payload_req, deadline, what, pump)
+            except (MultiwriteTimeout, PeerFailure):
+                raise
+            except MultiwriteError as exc:
+                self.error = self.error or exc
+        return True
+
+    def finish(self, deadline, pump=None):
+        """Wait for every piece; returns ``error``."""
+        for i in range(self.k):
+            if not self.wait_piece(i, deadline, pump):
+                break
+        return self.error
 
 
 def _keep_first(error, step, what):
@@ -384,12 +520,12 @@ def _try(error, fn, what):
     return (box[0] if box and error is None else None), error
 
 
-def _finish_all(call, incoming, error):
+def _finish_all(call, incoming, error, pump=None, deadline=None):
     """Receive every packet of ``incoming`` (all of them, whatever fails: their senders must not be left
     waiting and no message may stay queued); returns the first error."""
-    deadline = time.monotonic() + call.g.timeout_s
+    deadline = deadline or time.monotonic() + call.g.timeout_s
     for pkt in incoming:
-        error = _keep_first(error, lambda: _raise(pkt.finish(deadline)), call.what)
+        error = _keep_first(error, lambda: _raise(pkt.finish(deadline, pump)), call.what)
     return error
 
 
@@ -523,6 +659,41 @@ class _Staging:
         return t
 
 
+class _Pump:
+    """While a rank waits or reduces: post the PieceSenders' next pieces (MPI; their test() also moves
+    Open MPI's transfers), at most every ``interval_s`` from inside a reduction. On an exact-size
+    transport (Gloo) every packet is one piece, posted at once: nothing to pump, ``wait`` is None."""
+
+    def __init__(self, g, *senders, interval_s=1e-3):
+        self.senders = senders
+        self.wait = None if g.transport.exact_size_recv else self.pump
+        self.progress = _packets.Progress(g.transport) if g.transport.exact_size_recv else self.tick
+        self.interval_s, self.last = interval_s, 0.0
+        self.boxes, self.deadline = (), None     # incoming packets to poll() (their next pieces posted)
+
+    def pump(self):
+        for sender in self.senders:
+            sender.pump()
+        for box in self.boxes:
+            box.poll(self.deadline)
+
+    def tick(self):
+        now = time.perf_counter()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self.pump()
+
+
+def _header_rows(g, name, cuts_list):
+    """64-byte header rows, one per piece of every packet of ``cuts_list``: a list of rows per packet."""
+    rows = _packets.header_buffers(g, name, sum(len(c) - 1 for c in cuts_list))
+    out, at = [], 0
+    for cuts in cuts_list:
+        out.append(rows[at:at + len(cuts) - 1])
+        at += len(cuts) - 1
+    return out
+
+
 def _all_reduce_flat(g, flat, rop, coll, root, out=None):
     """AllReduce of the contiguous 1-D tensor ``flat`` (see the module doc); the result is written into
     ``out`` (a tensor of flat's numel, any layout; None: not written, as on reduce's other ranks)."""
@@ -533,15 +704,18 @@ def _all_reduce_flat(g, flat, rop, coll, root, out=None):
     call = _Call(g, coll, rop, _dtype_name(dtype), n, root)
     what = call.what
     N, m, L, me = topo.num_nodes, topo.node, topo.local_size, topo.local_rank
-    J = max(_node_sizes(topo))
+    sizes = _node_sizes(topo)
+    J = max(sizes)
+    equal = len(set(sizes)) == 1          # then every packet carries one unit and may travel in pieces
     js = list(range(me, J, L))                          # my slices
     inputs, error = _stage_inputs(g, call, flat, nbytes)
     failed = error is not None
     result = None if failed else _view(g.node_buffer("reduce_out", max(nbytes, 1))[:nbytes], dtype)
-    groups = _rail_groups(topo, J, js)                  # {node: {peer: [slices]}}
+    groups = [(k, peer, jl) for k, peers in _rail_groups(topo, J, js).items() for peer, jl in peers.items()]
     tag1, tag2 = tag_for(OP_PARTIAL, call.seq), tag_for(OP_RESULT, call.seq)
-    progress = _packets.Progress(g.transport)
     own = {j: _unit(n, J, N, j, m) for j in js}        # my units: their final values are mine to compute
+    sender1, sender2 = _packets.PieceSender(g), _packets.PieceSender(g)
+    pump = _Pump(g, sender1, sender2)
 
     def units(jl, k):
         return [_unit(n, J, N, j, k) for j in jl]
@@ -549,8 +723,8 @@ def _all_reduce_flat(g, flat, rop, coll, root, out=None):
     def length(bounds):
         return sum(b - a for a, b in bounds)
 
-    # My node's partials of my slices: in place of the input on a node of one rank, else in a private
-    # buffer, element e of slice j at partial[e + part_at[j]].
+    # My node's partials of my slices: the input itself on a node of one rank, else a private buffer,
+    # element e of slice j at partial[e + part_at[j]].
     if inputs is None:
         partial, part_at = flat, {j: 0 for j in js}
     else:
@@ -560,109 +734,158 @@ def _all_reduce_flat(g, flat, rop, coll, root, out=None):
             part_at[j] = off - lo
             off += hi - lo
         partial = _view(g.private_buffer("reduce_partial", max(off * s, 1))[:off * s], dtype)
-    recv_len = length(own.values()) * (N - 1)
-    received = _view(g.private_buffer("reduce_recv", max(recv_len * s, 1))[:recv_len * s], dtype)
-    multi = [(k, jl) for k, peers in groups.items() for jl in peers.values() if len(jl) > 1]
-    stage = _Staging(g, dtype, sum(2 * length(units(jl, k)) + length(own[j] for j in jl) for k, jl in multi))
-    n_groups = sum(len(p) for p in groups.values())
-    h_out1, h_in1, h_out2, h_in2 = (_packets.header_buffers(g, f"reduce_h{i}", n_groups) for i in range(4))
 
     def my_partial(j, a, b):
         return partial[a + part_at[j]:b + part_at[j]]
 
-    # Post every receive first: phase 1, the partials of my units from every other node; phase 2, the
+    recv_len = length(own.values()) * (N - 1)
+    received = _view(g.private_buffer("reduce_recv", max(recv_len * s, 1))[:recv_len * s], dtype)
+    multi = [(k, jl) for k, _, jl in groups if len(jl) > 1]
+    stage = _Staging(g, dtype, sum(2 * length(units(jl, k)) + length(own[j] for j in jl) for k, jl in multi))
+    # Per packet (group): the cuts of my own units (phase 1 in, phase 2 out) and of the units of node k
+    # (phase 1 out, phase 2 in); both ends derive them from the same lengths.
+    cuts_own = [_cuts(g, length(own[j] for j in jl), s, equal and len(jl) == 1) for _, _, jl in groups]
+    cuts_k = [_cuts(g, length(units(jl, k)), s, equal and len(jl) == 1) for k, _, jl in groups]
+    h_in1, h_out2 = _header_rows(g, "reduce_h0", cuts_own), _header_rows(g, "reduce_h1", cuts_own)
+    h_out1, h_in2 = _header_rows(g, "reduce_h2", cuts_k), _header_rows(g, "reduce_h3", cuts_k)
+
+    # Post every first piece: phase 1, the partials of my units from every other node; phase 2, the
     # results of my slices' units from their owners, straight into the node's result buffer.
     incoming1, incoming2, recv_views, landings = [], [], {}, []
-    gi = roff = 0
-    for k, peers in groups.items():
-        for peer, jl in peers.items():
-            size = length(own[j] for j in jl)
-            o = roff
-            for j in jl:
-                a, b = own[j]
-                recv_views[(k, j)] = received[o:o + b - a]
-                o += b - a
-            land1 = _empty(size * s) if failed else _u8(received[roff:roff + size])
-            roff += size
-            incoming1.append(_Incoming(call, h_in1[gi], land1, peer, tag1))
-            us = units(jl, k)
-            if failed:
-                land2 = _empty(length(us) * s)
-            elif len(jl) == 1:
-                land2 = _u8(result[us[0][0]:us[0][1]])
-            else:
-                tmp = stage.take(length(us))
-                landings.append((tmp, us))
-                land2 = _u8(tmp)
-            incoming2.append(_Incoming(call, h_in2[gi], land2, peer, tag2))
-            gi += 1
-
-    def phase1_payload(k, jl):
+    roff = 0
+    for gi, (k, peer, jl) in enumerate(groups):
+        size = length(own[j] for j in jl)
+        o = roff
+        for j in jl:
+            a, b = own[j]
+            recv_views[(k, j)] = received[o:o + b - a]
+            o += b - a
+        land1 = _empty(size * s) if failed else _u8(received[roff:roff + size])
+        roff += size
+        incoming1.append(_Incoming(call, h_in1[gi], land1, s, cuts_own[gi], peer, tag1))
         us = units(jl, k)
+        if failed:
+            land2 = _empty(length(us) * s)
+        elif len(jl) == 1:
+            land2 = _u8(result[us[0][0]:us[0][1]])
+        else:
+            tmp = stage.take(length(us))
+            landings.append((tmp, us))
+            land2 = _u8(tmp)
+        incoming2.append(_Incoming(call, h_in2[gi], land2, s, cuts_k[gi], peer, tag2))
+
+    def send_phase1(gi, k, peer, jl):
+        """My node's partials of the units (j, k), reduced and queued piece by piece. A reduction that
+        fails still sends every piece (flagged): the receiver has posted them."""
+        nonlocal error
+        us, cuts, rows = units(jl, k), cuts_k[gi], h_out1[gi]
+        if len(jl) > 1:             # several units: one piece (cuts [0, length])
+            tmp = stage.take(length(us))
+
+            def pack():
+                if inputs is not None:
+                    for j, (a, b) in zip(jl, us):
+                        _fold(rop, [x[a:b] for x in inputs], my_partial(j, a, b), progress=pump.progress)
+                torch.cat([my_partial(j, a, b) for j, (a, b) in zip(jl, us)], out=tmp)
+            error = _keep_first(error, pack, what)
+            sender1.add(peer, lambda: call.send(rows[0], _u8(tmp), peer, tag1, error is not None))
+            return
+        (a, b), j = us[0], jl[0]
+        for i in range(len(cuts) - 1):
+            lo, hi = a + cuts[i], a + cuts[i + 1]
+            if inputs is not None and error is None:
+                error = _keep_first(error, lambda: _fold(rop, [x[lo:hi] for x in inputs], my_partial(j, lo, hi),
+                                                         progress=pump.progress), what)
+            payload = _u8(my_partial(j, lo, hi))
+            sender1.add(peer, lambda i=i, payload=payload: call.send(rows[i], payload, peer, tag1, error is not None,
+                                                                     i, len(cuts) - 1))
+
+    # Phase 1: my node's partials of the units other nodes own, reduced and sent piece by piece (one
+    # header-only flagged piece each when this rank's call already failed)
+    for gi, (k, peer, jl) in enumerate(groups):
+        if failed:
+            sender1.add(peer, lambda gi=gi, peer=peer: call.poison(h_out1[gi][0], peer, tag1))
+        else:
+            send_phase1(gi, k, peer, jl)
+    failed = error is not None
+
+    def reduce_own():                    # my node's partials of my own units
         if inputs is not None:
-            for j, (a, b) in zip(jl, us):
-                _fold(rop, [x[a:b] for x in inputs], my_partial(j, a, b), progress=progress)
-        if len(jl) == 1:
-            return _u8(my_partial(jl[0], *us[0]))
-        tmp = stage.take(length(us))
-        torch.cat([my_partial(j, a, b) for j, (a, b) in zip(jl, us)], out=tmp)
-        return _u8(tmp)
-
-    # Phase 1: my node's partials of the units other nodes own, computed and sent packet by packet
-    sends = []
-    gi = 0
-    for k, peers in groups.items():
-        for peer, jl in peers.items():
-            payload = None
-            if not failed:
-                payload, error = _try(error, lambda: phase1_payload(k, jl), what)
-                failed = error is not None
-            sends += call.send(h_out1[gi], _empty(0) if failed else payload, peer, tag1, failed)
-            gi += 1
-
-    def reduce_own():
-        if inputs is not None:           # my node's partials of my own units
             for j in js:
-                _fold(rop, [x[own[j][0]:own[j][1]] for x in inputs], my_partial(j, *own[j]), progress=progress)
-        return None
+                _fold(rop, [x[own[j][0]:own[j][1]] for x in inputs], my_partial(j, *own[j]), progress=pump.progress)
 
     if not failed:
         error = _keep_first(error, reduce_own, what)
-    error = _finish_all(call, incoming1, error)
+    deadline = time.monotonic() + g.timeout_s
+    if pump.wait is not None:            # phase-2 packets are checked while this rank works on phase 1
+        pump.boxes, pump.deadline = incoming2, deadline
+    started = [False] * len(groups)      # a phase-2 piece of this packet has gone out
 
-    def reduce_nodes():                  # the owner's reduction over the nodes, in node order
-        for j in js:
-            a, b = own[j]
-            parts = [my_partial(j, a, b) if k == m else recv_views[(k, j)] for k in range(N)]
-            _fold(rop, parts, result[a:b], divide=g.size if rop == AVG else 0, progress=progress)
+    def send_phase2(gi, piece, payload, pieces):
+        peer = groups[gi][1]
+        if error is not None and not started[gi]:
+            sender2.add(peer, lambda: call.poison(h_out2[gi][0], peer, tag2))
+            started[gi] = None           # poisoned: nothing more for this packet
+        elif started[gi] is not None:
+            started[gi] = True
+            sender2.add(peer, lambda: call.send(h_out2[gi][piece], payload, peer, tag2, error is not None, piece,
+                                                pieces))
+
+    divide = g.size if rop == AVG else 0
+    if equal:
+        # One unit per packet: the owner reduces piece i over the nodes as soon as every node's piece i
+        # is in, and sends its result on while the next pieces are on the wire.
+        j = js[0]
+        a, b = own[j]
+        cuts = cuts_own[0] if groups else [0, b - a]
+        for i in range(len(cuts) - 1):
+            lo, hi = a + cuts[i], a + cuts[i + 1]
+            if error is None:
+                for box in incoming1:
+                    error = _keep_first(error, lambda: box.wait_piece(i, deadline, pump.wait), what)
+                    error = error or box.error
+            if error is None:
+                parts = []
+                for k in range(N):
+                    if k == m:
+                        parts.append(my_partial(j, lo, hi))
+                    else:
+                        parts.append(recv_views[(k, j)][cuts[i]:cuts[i + 1]])
+                error = _keep_first(error, lambda: _fold(rop, parts, result[lo:hi], divide, pump.progress), what)
+            for gi in range(len(groups)):
+                send_phase2(gi, i, _u8(result[lo:hi]) if result is not None else _empty(0), len(cuts) - 1)
+        if result is not None:
             g.stats.add_intra((b - a) * s)
+    else:
+        error = _finish_all(call, incoming1, error, pump.wait, deadline)
 
-    if error is None:
-        error = _keep_first(error, reduce_nodes, what)
-    failed = error is not None
+        def reduce_nodes():              # the owner's reduction over the nodes, in node order
+            for j in js:
+                a, b = own[j]
+                parts = [my_partial(j, a, b) if k == m else recv_views[(k, j)] for k in range(N)]
+                _fold(rop, parts, result[a:b], divide, pump.progress)
+                g.stats.add_intra((b - a) * s)
 
-    # Phase 2: the results of my units to every other node
-    gi = 0
-    for k, peers in groups.items():
-        for peer, jl in peers.items():
-            if failed:
-                payload = _empty(0)
-            elif len(jl) == 1:
-                payload = _u8(result[own[jl[0]][0]:own[jl[0]][1]])
+        if error is None:
+            error = _keep_first(error, reduce_nodes, what)
+        for gi, (k, peer, jl) in enumerate(groups):
+            if error is not None or len(jl) == 1:
+                payload = _u8(result[own[jl[0]][0]:own[jl[0]][1]]) if error is None else _empty(0)
             else:
                 tmp = stage.take(length(own[j] for j in jl))
                 torch.cat([result[own[j][0]:own[j][1]] for j in jl], out=tmp)
                 payload = _u8(tmp)
-            sends += call.send(h_out2[gi], payload, peer, tag2, failed)
-            gi += 1
-    error = _finish_all(call, incoming2, error)
+            send_phase2(gi, 0, payload, 1)
+    error = _finish_all(call, incoming1, error, pump.wait, deadline)     # (the rest, after a failure)
+    error = _finish_all(call, incoming2, error, pump.wait, deadline)
     if error is None:
         for tmp, us in landings:
             o = 0
             for a, b in us:
                 result[a:b].copy_(tmp[o:o + b - a])
                 o += b - a
-    error = _keep_first(error, lambda: g.wait_all(sends, what), what)
+    error = _keep_first(error, lambda: sender1.finish(what), what)
+    error = _keep_first(error, lambda: sender2.finish(what), what)
     _sync(g, call, error)
     if out is not None:
         _write(out, result)
@@ -685,7 +908,8 @@ def _sync(g, call, error):
 # -- ReduceScatter ---------------------------------------------------------------------------------------
 def _reduce_scatter_flat(g, out, flat, c, rop):
     """ReduceScatter of the contiguous 1-D tensor ``flat`` (P·c elements, see the module doc); this
-    rank's chunk goes to ``out`` (c elements, any layout)."""
+    rank's chunk goes to ``out`` (c elements, any layout). Chunks travel in pieces (MPI): the final
+    reduction of piece i runs while the next pieces are on the wire."""
     _init_fns()
     topo = g.topo
     P, N, m, L, me = g.size, topo.num_nodes, topo.node, topo.local_size, topo.local_rank
@@ -696,7 +920,9 @@ def _reduce_scatter_flat(g, out, flat, c, rop):
     inputs, error = _stage_inputs(g, call, flat, P * c * s)
     failed = error is not None
     tag = tag_for(OP_PARTIAL, call.seq)
-    progress = _packets.Progress(g.transport)
+    sender = _packets.PieceSender(g)
+    pump = _Pump(g, sender)
+    cuts = _cuts(g, c, s)
     # the ranks of other nodes whose chunks this rank reduces over its node, and who reduces mine there
     targets = [r for r in range(P) if topo.node_of[r] != m and topo.local_rank_of[r] % L == me]
     sources = [topo.node_ranks[k][me % sizes[k]] for k in range(N) if k != m]
@@ -706,46 +932,59 @@ def _reduce_scatter_flat(g, out, flat, c, rop):
         send_buf = _view(g.private_buffer("reduce_partial", max(len(targets) * c * s, 1))[:len(targets) * c * s],
                          dtype)
     recv_buf = _view(g.private_buffer("reduce_recv", max(N * c * s, 1))[:N * c * s], dtype)
-    h_out = _packets.header_buffers(g, "reduce_h0", len(targets))
-    h_in = _packets.header_buffers(g, "reduce_h1", len(sources))
+    h_out = _header_rows(g, "reduce_h0", [cuts] * len(targets))
+    h_in = _header_rows(g, "reduce_h1", [cuts] * len(sources))
     parts = {k: recv_buf[k * c:(k + 1) * c] for k in range(N)}
-    incoming = [_Incoming(call, h_in[i], _empty(c * s) if failed else _u8(parts[topo.node_of[src]]), src, tag)
+    incoming = [_Incoming(call, h_in[i], _empty(c * s) if failed else _u8(parts[topo.node_of[src]]), s, cuts, src, tag)
                 for i, src in enumerate(sources)]
 
-    def partial_for(i, r):
-        if inputs is None:
-            return flat[r * c:(r + 1) * c]
-        dst = send_buf[i * c:(i + 1) * c]
-        _fold(rop, [x[r * c:(r + 1) * c] for x in inputs], dst, progress=progress)
-        return dst
+    def send_to(ti, r):
+        """The partial of rank r's chunk, reduced and queued piece by piece (flagged after a failure:
+        the receiver has posted every piece)."""
+        nonlocal error
+        for i in range(len(cuts) - 1):
+            lo, hi = r * c + cuts[i], r * c + cuts[i + 1]
+            if inputs is None:
+                piece = flat[lo:hi]
+            else:
+                piece = send_buf[ti * c + cuts[i]:ti * c + cuts[i + 1]]
+                if error is None:
+                    error = _keep_first(error, lambda: _fold(rop, [x[lo:hi] for x in inputs], piece,
+                                                             progress=pump.progress), what)
+            sender.add(r, lambda i=i, piece=piece: call.send(h_out[ti][i], _u8(piece), r, tag, error is not None, i,
+                                                             len(cuts) - 1))
 
-    sends = []
-    for i, r in enumerate(targets):
-        payload = None
-        if not failed:
-            payload, error = _try(error, lambda: _u8(partial_for(i, r)), what)
-            failed = error is not None
-        sends += call.send(h_out[i], _empty(0) if failed else payload, r, tag, failed)
+    for ti, r in enumerate(targets):
+        if failed:
+            sender.add(r, lambda ti=ti, r=r: call.poison(h_out[ti][0], r, tag))
+        else:
+            send_to(ti, r)
+    failed = error is not None
     r = g.rank
     if not failed:
         own = flat[r * c:(r + 1) * c] if inputs is None else parts[m]
         if inputs is not None:
             error = _keep_first(error, lambda: _fold(rop, [x[r * c:(r + 1) * c] for x in inputs], own,
-                                                     progress=progress), what)
+                                                     progress=pump.progress), what)
         parts[m] = own
-    error = _finish_all(call, incoming, error)
-    error = _keep_first(error, lambda: g.wait_all(sends, what), what)
-    res = None
-
-    def reduce_nodes():
-        nonlocal res
-        res = _flat_view(out)
-        if res is None:
-            res = torch.empty(c, dtype=dtype)
-        _fold(rop, [parts[k] for k in range(N)], res, divide=P if rop == AVG else 0)
-
-    if error is None:
-        error = _keep_first(error, reduce_nodes, what)
+    res = _flat_view(out)
+    if res is None or (inputs is None and res.numel() and flat.numel()
+                       and res.data_ptr() < flat[-1:].data_ptr() + s and flat.data_ptr() < res[-1:].data_ptr() + s):
+        res = torch.empty(c, dtype=dtype)        # not contiguous, or overlapping the input being sent
+    deadline = time.monotonic() + g.timeout_s
+    boxes = sorted(incoming, key=lambda box: topo.node_of[box.src])
+    for i in range(len(cuts) - 1):       # piece by piece, as the other nodes' pieces land
+        if error is not None:
+            break
+        for box in boxes:
+            error = _keep_first(error, lambda: box.wait_piece(i, deadline, pump.wait), what)
+            error = error or box.error
+        if error is None:
+            lo, hi = cuts[i], cuts[i + 1]
+            error = _keep_first(error, lambda: _fold(rop, [parts[k][lo:hi] for k in range(N)], res[lo:hi],
+                                                     P if rop == AVG else 0, pump.progress), what)
+    error = _finish_all(call, incoming, error, pump.wait, deadline)
+    error = _keep_first(error, lambda: sender.finish(what), what)
     _sync(g, call, error)
     _write(out, res)
 

@@ -269,12 +269,23 @@ def node_bytes(g):
     return sent
 
 
+def pieces(length, s, single=True):
+    """Pieces a packet of ``length`` elements of ``s`` bytes travels in (ops/reduce.py _cuts): on MPI
+    about MULTIWRITE_PIECE_KIB each, at most 8; one on Gloo and for packets of several units."""
+    g = group_of()
+    if not single or g.transport.exact_size_recv or length * s <= g.piece_bytes:
+        return 1
+    return min(8, -(-length * s // g.piece_bytes))
+
+
 def all_reduce_bytes(topo, n, s):
     """Inter-node bytes per node of an all_reduce of n elements of s bytes (module doc of ops/reduce.py):
-    per packet 64 bytes; phase 1 carries unit (j, k) from node m to node k, phase 2 unit (j, m) back."""
+    per packet piece 64 bytes; phase 1 carries unit (j, k) from node m to node k, phase 2 unit (j, m)
+    back."""
     N = topo.num_nodes
     sizes = [len(r) for r in topo.node_ranks]
     J = max(sizes)
+    equal = len(set(sizes)) == 1
 
     def unit(j, k):
         lo, hi = n * j // J, n * (j + 1) // J
@@ -292,8 +303,10 @@ def all_reduce_bytes(topo, n, s):
                 for j in js:
                     peers.setdefault(j % sizes[k], []).append(j)
                 for jl in peers.values():
-                    total += 64 + s * sum(unit(j, k) for j in jl)       # phase 1: partials
-                    total += 64 + s * sum(unit(j, m) for j in jl)       # phase 2: results
+                    out1, out2 = sum(unit(j, k) for j in jl), sum(unit(j, m) for j in jl)
+                    single = equal and len(jl) == 1
+                    total += 64 * pieces(out1, s, single) + s * out1       # phase 1: partials
+                    total += 64 * pieces(out2, s, single) + s * out2       # phase 2: results
         # the same in closed form: n + (N - 2) * (elements of the units node m owns), in bytes
         own = sum(unit(j, m) for j in range(J))
         packets = (total - s * (n + (N - 2) * own)) if N > 1 else 0
@@ -319,7 +332,7 @@ def section_bytes():
                 sent = node_bytes(g)
                 want = all_reduce_bytes(topo, n, s)
                 assert sent == want, f"{coll} {dtype} n={n}: inter-node bytes per node {sent}, expected {want}"
-                if N == 2 and len(set(len(r) for r in topo.node_ranks)) == 1:
+                if N == 2 and len(set(len(r) for r in topo.node_ranks)) == 1 and pieces(n // 4, s) == 1:
                     L = topo.local_size       # 1.0 x the buffer per node at N = 2, plus L packets per phase
                     assert want == [n * s + 2 * L * 64] * 2, want
                 COUNTS["bytes"] += 1
@@ -328,7 +341,7 @@ def section_bytes():
             out = torch.empty(c, dtype=dtype)
             dist.reduce_scatter_tensor(out, data(P * c, dtype, 43 + RANK, R.SUM))
             sent = node_bytes(g)
-            want = [(P - len(topo.node_ranks[m])) * (c * s + 64) for m in range(N)]
+            want = [(P - len(topo.node_ranks[m])) * (c * s + 64 * pieces(c, s)) for m in range(N)]
             assert sent == want, f"reduce_scatter {dtype} c={c}: inter-node bytes per node {sent}, expected {want}"
             COUNTS["bytes"] += 1
     n = BIG
@@ -373,6 +386,12 @@ def section_mismatch():
                     lambda: dist.all_reduce(torch.ones(0 if RANK == last else 5)), ["all_reduce"])
     expect_mismatch("all_reduce numel (200000 vs 200001)",
                     lambda: dist.all_reduce(torch.ones(200001 if RANK == 1 else 200000)), ["all_reduce", "200001"])
+    expect_mismatch("all_reduce numel (4096 on rank 0, 400000 elsewhere: pieces differ)",
+                    lambda: dist.all_reduce(torch.ones(4096 if RANK == 0 else 400000)), ["all_reduce", "4096"])
+    expect_mismatch("reduce_scatter_tensor numel (100000 vs 3000 per rank: pieces differ)",
+                    lambda: dist.reduce_scatter_tensor(torch.empty(100000 if RANK == last else 3000),
+                                                       torch.ones(P * (100000 if RANK == last else 3000))),
+                    ["reduce_scatter", "100000"])
     expect_mismatch("all_reduce dtype (float64 on rank 1)",
                     lambda: dist.all_reduce(torch.ones(4, dtype=torch.float64 if RANK == 1 else torch.float32)),
                     ["all_reduce", "float64", "float32"])
