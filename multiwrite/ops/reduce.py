@@ -322,18 +322,24 @@ def _piece_of(info):
     return (bitmap >> 8) & 0xFFFFFF, bitmap >> 32
 
 
+#: Pieces of the reductions: a quarter of MULTIWRITE_PIECE_KIB (512 KiB by default), at most 16 per
+#: packet. On the 2 x 2 virtual cluster (1 Gbit/s) an all_reduce of 16 MiB took 166 ms (1.23 x the
+#: bound) with 512 KiB pieces against 214 ms (1.59 x) with 2 MiB ones; 4 MiB: no difference.
+PIECE_DIVISOR, MAX_PIECES = 4, 16
+
+
 def _cuts(g, length, size, single=True):
-    """Element cuts [0, ..., length] of a packet of ``length`` elements of ``size`` bytes sent in pieces:
-    on MPI about MULTIWRITE_PIECE_KIB (2 MiB) each, at most 8, one piece in flight per destination, so
-    that they land one after the other and the receiver reduces and forwards the first while the rest
-    is on the wire (Open MPI moves concurrent large messages to one peer fragment by fragment in turn,
-    and a single large one measured slower on the virtual cluster); one piece on an exact-size
+    """Element cuts [0, ..., length] of a packet of ``length`` elements of ``size`` bytes sent in pieces
+    (see PIECE_DIVISOR) on MPI, one piece in flight per destination, so that they land one after the
+    other and the receiver reduces and forwards the first while the rest is on the wire (Open MPI moves
+    concurrent large messages to one peer fragment by fragment in turn); one piece on an exact-size
     transport (Gloo: a payload's receive is posted after its header) and for packets of several units
-    (``single`` False). Both ends derive the same cuts from the length."""
-    nbytes = length * size
-    if not single or g.transport.exact_size_recv or nbytes <= g.piece_bytes:
+    (``single`` False). Both ends derive the same cuts from the length (MULTIWRITE_PIECE_KIB is the
+    same on every rank: compared at start-up)."""
+    nbytes, piece = length * size, max(1, g.piece_bytes // PIECE_DIVISOR)
+    if not single or g.transport.exact_size_recv or nbytes <= piece:
         return [0, length]
-    k = min(_packets.MAX_PIECES, -(-nbytes // g.piece_bytes))
+    k = min(MAX_PIECES, -(-nbytes // piece))
     return [length * i // k for i in range(k + 1)]
 
 

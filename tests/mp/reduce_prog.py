@@ -271,11 +271,13 @@ def node_bytes(g):
 
 def pieces(length, s, single=True):
     """Pieces a packet of ``length`` elements of ``s`` bytes travels in (ops/reduce.py _cuts): on MPI
-    about MULTIWRITE_PIECE_KIB each, at most 8; one on Gloo and for packets of several units."""
+    about a quarter of MULTIWRITE_PIECE_KIB each, at most 16; one on Gloo and for packets of several
+    units."""
     g = group_of()
-    if not single or g.transport.exact_size_recv or length * s <= g.piece_bytes:
+    piece = g.piece_bytes // 4
+    if not single or g.transport.exact_size_recv or length * s <= piece:
         return 1
-    return min(8, -(-length * s // g.piece_bytes))
+    return min(16, -(-length * s // piece))
 
 
 def all_reduce_bytes(topo, n, s):
