@@ -14,6 +14,7 @@ hard timeout (tests/_launch.py).
                        first; every rank still gets a MismatchError naming the op)
 * test_deterministic   two launches print the same digest of many floating reductions
 * test_reduce_timeout  a rank that never calls all_reduce: the others raise MultiwriteTimeout in time
+* test_bench_reduce    python -m multiwrite.bench reduce runs, checks every result, counts exact bytes
 """
 import ast
 import os
@@ -96,3 +97,36 @@ def test_reduce_timeout(launcher):
     assert "timeout OK" in out, out[-3000:]
     # the missing rank's node peer names it
     assert re.search(r"\[rank 2\] timeout after [^\n]*rank\(s\) \[3\] of this node did not arrive", out), out[-3000:]
+
+
+@pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
+def test_bench_reduce(launcher, tmp_path):
+    """python -m multiwrite.bench reduce: every implementation present (MPI under mpirun), every
+    result checked (#wrong 0), multiwrite's inter-node bytes from mw.stats()."""
+    _skip_missing(launcher)
+    out_json = tmp_path / "reduce.json"
+    args = ["-m", "multiwrite.bench", "reduce", "-b", "64K", "-e", "1M", "-f", "16", "-n", "2", "-w", "1", "-q",
+            "--rate", "1gbit", "--delay", "200us", "--json", str(out_json)]
+    if launcher == "mpirun":
+        cmd = _launch.command("mpirun", 4, "/unused")[:-2] + [sys.executable] + args
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-addr", "127.0.0.1",
+               "--master-port", str(_launch.free_port()), "--max-restarts", "0", "--monitor-interval", "0.2",
+               "--module"] + args[1:]
+    code, out, _ = _launch.run_command(cmd, {"MULTIWRITE_RANKS_PER_NODE": 2}, timeout=TIMEOUT)
+    assert code == 0, out[-4000:]
+    import json
+    doc = json.loads(out_json.read_text())
+    impls = {"mpi", "gloo", "multiwrite"} if launcher == "mpirun" else {"gloo", "multiwrite"}
+    rows = doc["rows"]
+    assert {r["benchmark"] for r in rows} == {"all_reduce", "reduce_scatter"}, rows
+    for bench in ("all_reduce", "reduce_scatter"):
+        mine = [r for r in rows if r["benchmark"] == bench]
+        assert {r["impl"] for r in mine} == impls, mine
+        for r in mine:
+            assert r["wrong"] == 0 and r["wrong_warmup"] == 0, r
+            assert r["time_per_bound"] > 0 and r["vs_best_baseline"] > 0, r
+            if r["impl"] == "multiwrite":
+                B = r["size"]
+                want = B + 2 * 2 * 64 if bench == "all_reduce" else B // 2 + 2 * 64   # 2 x 2: per node
+                assert r["inter_node_bytes"] == want, (r["inter_node_bytes"], want)
