@@ -15,21 +15,29 @@ Notation: P ranks on N nodes, node k has L_k ranks, J = max_k L_k, n elements of
    between the ranks of one "rail"); the owner reduces the N node partials in node order 0..N−1
    (AVG: then divides once by P) and sends the result back to the rank of every other node that
    computed slice j there (phase 2, an allgather). Partials and results of one sender for one
-   receiver travel as one packet (64-byte header + payload).
+   receiver travel as one packet (64-byte header + payload), in pieces on MPI (below).
 4. Results land in the node's shared result buffer (owners write their own units); after a node
    synchronisation every rank copies the whole result out.
 
-Inter-node bytes leaving node m: Σ_{k≠m} Σ_j [s·|unit(j,k)| + s·|unit(j,m)|] + 64 per packet, about
-2·(N−1)/N · n·s (1.0 × the buffer at N = 2) against 2·(P−1)/P · n·s over a ring's boundary link.
+Inter-node bytes leaving node m: Σ_{k≠m} Σ_j [s·|unit(j,k)| + s·|unit(j,m)|] + 64 per packet piece,
+about 2·(N−1)/N · n·s (1.0 × the buffer at N = 2) against 2·(P−1)/P · n·s over a ring's boundary link.
 With equal node sizes a node sends L packets to every other node in each phase. One node (N = 1):
 no network; nodes of one rank: no shared-memory staging of the input.
+
+**Pieces** (MPI transport, nodes of equal size): a packet of more than a quarter of
+MULTIWRITE_PIECE_KIB (512 KiB by default) travels in up to 16 pieces, each with its own header (piece
+index and count in it), one piece in flight per destination; the owner reduces piece i over the
+nodes as soon as every node's piece i is in and sends its result on while the later pieces are on
+the wire, so phase 2 overlaps phase 1. On the 2 x 2 virtual cluster at 1 Gbit/s an all_reduce of
+16-64 MiB of float32 took 1.18-1.26 x the bound (0.74-0.78 x the faster of MPI and Gloo), a
+reduce_scatter 1.21-1.24 x (0.37-0.39 x). Gloo and nodes of different sizes: one piece.
 
 **ReduceScatter** (``reduce_scatter``): the input holds P chunks of c elements; chunk r is reduced and
 lands in rank r's output. Local rank i of node m reduces over its node's inputs the chunks of the ranks
 (k, i') of other nodes with i' ≡ i (mod L_m) and sends each partial straight to its rank (one packet);
 every rank reduces its own chunk over its node, receives one partial from every other node and reduces
-the N partials in node order. Inter-node bytes leaving node m: (P − L_m)·(c·s + 64), ≈ (N−1)/N of the
-buffer.
+the N partials in node order, piece by piece as they land. Inter-node bytes leaving node m:
+(P − L_m)·(c·s + 64 per piece), ≈ (N−1)/N of the buffer.
 
 **Reduce** (``reduce``): the AllReduce above; only the root writes its tensor (the others' are left
 unchanged). Same bytes as AllReduce.
@@ -48,14 +56,19 @@ step; every other dtype is reduced in its own dtype with torch's elementwise ops
 "bxor", or a ``torch.distributed.ReduceOp``. dtypes: float16, bfloat16, float32, float64, int8, int16,
 int32, int64, uint8, bool, complex64, complex128. AVG needs a floating or complex dtype, the bitwise
 ops an integer or bool dtype, PRODUCT/MIN/MAX a real dtype (complex: SUM and AVG, as in
-torch.distributed); other combinations raise TypeError, PREMUL_SUM a ValueError. Bool SUM is a logical or, PRODUCT a logical and; integer SUM and PRODUCT wrap around.
+torch.distributed); other combinations raise TypeError, PREMUL_SUM a ValueError. Bool SUM is a
+logical or, PRODUCT a logical and; integer SUM and PRODUCT wrap around.
 
 **Agreement without an extra round trip.** Every packet header carries the call's signature: the
 collective, the reduce op and the dtype in the window id (``_WIN_BASE + 8·collective + op + 256·dtype
 code``), the element count (and reduce's root) in the offset field. The ranks of a node compare their
 signatures at the node agreement that starts the call. A rank that finds a disagreement (in its node
 agreement or a received header) still sends every packet it owes, with the failure bit set in the
-destination bitmap and no payload, so that nobody waits: in AllReduce every owner hears from every
+destination bitmap (and no payload if none of its pieces went out yet), so that nobody waits; a
+receiver takes a packet that is not what it expects off the transport whole, into scratch buffers of
+the sizes its headers announce (a payload receive is posted only once its header showed its size:
+Open MPI 5 over TCP writes a truncated message of 64 KiB or more past the end of the receive
+buffer): in AllReduce every owner hears from every
 other node in phase 1 and every rank from every other node in phase 2, in ReduceScatter every rank
 from every other node, and the final node synchronisation shares an error among a node's ranks. So a
 disagreement fails every rank; the ranks then exchange their signatures (one control allgather, on
@@ -148,7 +161,7 @@ def _dtype_name(dtype):
 def _check_dtype(what, name, rop):
     if name not in SUPPORTED_DTYPES:
         raise TypeError(f"{what}: dtype {name} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})")
-    integral = not (name.startswith("float") or name.startswith("bfloat") or name.startswith("complex"))
+    integral = not name.startswith(("float", "bfloat", "complex"))
     if rop in (BAND, BOR, BXOR) and not integral:
         raise TypeError(f"{what}: {OPS[rop].upper()} needs an integer or bool dtype, got {name}")
     if rop == AVG and integral:
@@ -607,10 +620,10 @@ def _stage_inputs(g, call, flat, nbytes):
         src = _view(st.inbuf[me * region:me * region + nbytes], flat.dtype)
         src.copy_(flat)
         early = True
-    need, mismatch = g.node_agree(call.what, call.signature, need_bytes=nbytes)
+    _, mismatch = g.node_agree(call.what, call.signature, need_bytes=nbytes)
     if mismatch is not None or L == 1:
         return None, mismatch
-    # No disagreement: need == nbytes on every local rank, and early is the same on all of them
+    # No disagreement: every local rank passed nbytes, and early is the same on all of them
     inbuf = g.node_buffer("reduce_in", L * region)
     grew = inbuf is not st.inbuf
     st.inbuf = inbuf
@@ -796,7 +809,7 @@ def _all_reduce_flat(g, flat, rop, coll, root, out=None):
             error = _keep_first(error, pack, what)
             sender1.add(peer, lambda: call.send(rows[0], _u8(tmp), peer, tag1, error is not None))
             return
-        (a, b), j = us[0], jl[0]
+        (a, _), j = us[0], jl[0]
         for i in range(len(cuts) - 1):
             lo, hi = a + cuts[i], a + cuts[i + 1]
             if inputs is not None and error is None:

@@ -198,7 +198,7 @@ def section_values():
                 if RANK == root:
                     check_value(t, inputs, op, f"reduce {what0} n={n} root={root}", want)
                 else:
-                    assert torch.equal(as_bits(t), as_bits(inputs[RANK])), f"reduce: non-root tensor changed"
+                    assert torch.equal(as_bits(t), as_bits(inputs[RANK])), "reduce: non-root tensor changed"
                 if n > 100000:
                     continue
                 # reduce_scatter_tensor: P chunks of n elements
@@ -415,14 +415,16 @@ def section_mismatch():
     expect_mismatch("all_reduce_coalesced sizes",
                     lambda: dist.all_reduce_coalesced([torch.ones(2), torch.ones(3 if RANK else 4)]), ["all_reduce"])
     expect_mismatch("mw.all_reduce numel (numpy)",
-                    lambda: mw.all_reduce(np.ones(7 if RANK == last else 8, dtype=np.float32)), ["all_reduce", "7", "8"])
+                    lambda: mw.all_reduce(np.ones(7 if RANK == last else 8, dtype=np.float32)),
+                    ["all_reduce", "7", "8"])
 
 
 # -- determinism ------------------------------------------------------------------------------------------
 def section_digest():
     h = hashlib.sha256()
     for i, (dtype, op, n) in enumerate([(torch.float32, R.SUM, 100003), (torch.bfloat16, R.SUM, 50001),
-                                        (torch.float16, R.AVG, 30011), (torch.float64, R.PRODUCT, 777), (torch.bfloat16, R.PRODUCT, 999),
+                                        (torch.float16, R.AVG, 30011), (torch.float64, R.PRODUCT, 777),
+                                        (torch.bfloat16, R.PRODUCT, 999),
                                         (torch.float32, R.AVG, 1), (torch.complex64, R.SUM, 333)]):
         x = data(n, dtype, 31337 + 17 * i + RANK, op)
         a, b = x.clone(), x.clone()
