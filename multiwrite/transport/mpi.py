@@ -201,16 +201,38 @@ class _MPIAnyRequest(_MPIRequest):
 
 
 class _DrainRequest(_MPIRequest):
-    """A receive that only consumes a message: its truncation is the point, not an error."""
-    __slots__ = ()
+    """Consumes one message: probes for it (MPI_Improbe), then receives it whole into a scratch
+    buffer of its real size (MPI_Imrecv). Never a receive into a smaller buffer: Open MPI 5 writes a
+    truncated message of ~60 KiB or more past the end of the posted buffer instead of only reporting
+    MPI_ERR_TRUNCATE. A message larger than ``limit`` is left unreceived (its tag is used by nothing
+    else) and the drain counts as done."""
+    __slots__ = ("src", "tag", "limit", "status")
+
+    def __init__(self, transport, src, tag, nbytes, limit):
+        super().__init__(None, None, ("discarding {} B from rank {}", nbytes, src), transport, src)
+        self.src, self.tag, self.limit = src, tag, limit
+        self.status = transport.MPI.Status()
 
     def test(self):
+        MPI = self.transport.MPI
         try:
+            if self.req is None:
+                msg = self.transport.comm.Improbe(source=self.src, tag=self.tag, status=self.status)
+                if msg is None:
+                    return False
+                count = self.status.Get_count(MPI.BYTE)
+                if count > self.limit:
+                    self.transport.left_undrained.append(msg)    # matched, never received
+                    return True
+                self.buf = np.empty(count, dtype=np.uint8)
+                self.req = msg.Irecv([self.buf, MPI.BYTE])
             return self.req.Test()
-        except self.transport.MPI.Exception as exc:
-            if exc.Get_error_class() == self.transport.MPI.ERR_TRUNCATE:
-                return True
+        except MPI.Exception as exc:
             self._fail(exc)
+
+    def cancel(self):
+        if self.req is not None:
+            super().cancel()
 
 
 class MPITransport(Transport, _MPIErrors):
@@ -237,6 +259,7 @@ class MPITransport(Transport, _MPIErrors):
         self.size = self.comm.Get_size()
         self.timeout_s = timeout_s
         self.tag_ub = int(self.comm.Get_attr(MPI.TAG_UB) or 32767)
+        self.left_undrained = []      # matched messages too large to drain (kept: nothing else may match them)
 
     def _tag(self, tag):
         return tag % (self.tag_ub + 1)
@@ -275,10 +298,8 @@ class MPITransport(Transport, _MPIErrors):
         return bool(done)
 
     def drain(self, src, tag, nbytes, limit):
-        # A receive into an empty buffer consumes the message whatever its size (MPI_ERR_TRUNCATE,
-        # ignored): nothing is allocated for it.
-        req = self.comm.Irecv([np.empty(0, dtype=np.uint8), self.MPI.BYTE], source=src, tag=self._tag(tag))
-        return _DrainRequest(req, None, ("discarding {} B from rank {}", nbytes, src), self, src)
+        # Probe, then receive the message whole (see _DrainRequest: never into a smaller buffer).
+        return _DrainRequest(self, src, self._tag(tag), nbytes, limit)
 
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
