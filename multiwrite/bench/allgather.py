@@ -103,7 +103,7 @@ class GlooAllgather(_Base):
 
     def run(self):
         import torch.distributed as dist
-        dist.all_gather_into_tensor(self.data.out, self.data.x, group=self.ctx.gloo)
+        dist.all_gather_single(self.data.out, self.data.x, group=self.ctx.gloo)
 
 
 class MWAllgather(_Base, MWImpl):

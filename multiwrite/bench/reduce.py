@@ -142,7 +142,7 @@ class GlooReduce(_Base):
         if self.data.coll == "allreduce":
             dist.all_reduce(self.data.x, group=self.ctx.gloo)
         else:
-            dist.reduce_scatter_tensor(self.data.out, self.data.x, group=self.ctx.gloo)
+            dist.reduce_scatter_single(self.data.out, self.data.x, group=self.ctx.gloo)
 
 
 class MWReduce(_Base, MWImpl):
