@@ -23,6 +23,21 @@ def mode() -> str:
     return value
 
 
+REDUCE_CHOICES = ("auto", "native", "gloo")
+
+
+def reduce_choice() -> str:
+    """MULTIWRITE_REDUCE: where the torch backend's reductions run. 'native' = multiwrite's node-first
+    reductions (ops/reduce.py), 'gloo' = the internal Gloo group, 'auto' (default) = native except when
+    every node has one rank and there are more than two nodes: there is nothing to reduce inside a
+    node, and the direct exchange between many nodes (an incast at every owner) is slower than Gloo's
+    ring (1.8-2.7 x Gloo's all_reduce time on 8 nodes x 1 rank, docs/design.md)."""
+    value = os.environ.get("MULTIWRITE_REDUCE", "auto").strip().lower()
+    if value not in REDUCE_CHOICES:
+        raise ValueError(f"MULTIWRITE_REDUCE={value!r}: expected one of {REDUCE_CHOICES}")
+    return value
+
+
 def check_mode(value):
     """Validate a per-call mode override (None means the environment default)."""
     if value is None:
@@ -153,13 +168,13 @@ def local_state(kind=None, timeout=None):
 def validate_all():
     """Read and validate every setting that is read per group; raises ValueError naming the first bad
     one. Returns the polling settings (spin, longest sleep), for transport.base.configure_polling."""
-    transport(), mode(), timeout_s(), piece_bytes(), ranks_per_node()
+    transport(), mode(), timeout_s(), piece_bytes(), ranks_per_node(), reduce_choice()
     return spin_s(), sleep_max_s()
 
 
 #: Settings every rank of a group must agree on: (environment variable, reader).
 AGREED = (("MULTIWRITE_RANKS_PER_NODE", ranks_per_node), ("MULTIWRITE_PIECE_KIB", lambda: piece_bytes() >> 10),
-          ("MULTIWRITE_MODE", mode))
+          ("MULTIWRITE_MODE", mode), ("MULTIWRITE_REDUCE", reduce_choice))
 
 
 def agreed():

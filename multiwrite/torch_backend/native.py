@@ -35,11 +35,20 @@ from .checks import (
 from .work import completed
 
 
-def _covered(what, tensors, op):
+def native_reductions(topo, choice):
+    """Whether the group's reductions run on ops/reduce.py (MULTIWRITE_REDUCE, see _config.reduce_choice):
+    under 'auto' not when every node has one rank and there are more than two nodes (Gloo's ring is
+    faster there). Same answer on every rank: the topology and the setting are agreed at start-up."""
+    if choice != "auto":
+        return choice == "native"
+    return not (topo.num_nodes > 2 and topo.num_nodes == topo.world_size)
+
+
+def _covered(what, tensors, op, native=True):
     """Whether ops/reduce.py reduces these tensors with ``op`` (else the Gloo fallback runs); a TypeError
     for an op it does not define for their dtype (complex PRODUCT/MIN/MAX)."""
     from ..ops.reduce import covers
-    return all(covers(t.dtype, op, f"multiwrite backend: {what}") for t in tensors)
+    return all(covers(t.dtype, op, f"multiwrite backend: {what}") for t in tensors) and native
 
 
 class NativeOps:
@@ -162,13 +171,21 @@ class NativeOps:
         return completed(outputs)
 
     # -- reductions, node first (ops/reduce.py) ------------------------------------------------------
+    @property
+    def _native_reduce(self):
+        native = getattr(self, "_native_reduce_cached", None)
+        if native is None:
+            from .. import _config
+            native = self._native_reduce_cached = native_reductions(self.mw_group.topo, _config.reduce_choice())
+        return native
+
     def allreduce(self, tensors, opts=None):
         opts = opts or dist.AllreduceOptions()
         what = "all_reduce"
         check_cpu(what, *tensors)
         for t in tensors:
             check_reduce(what, opts.reduceOp, t.dtype)
-        if len(tensors) != 1 or not _covered(what, tensors, opts.reduceOp):
+        if len(tensors) != 1 or not _covered(what, tensors, opts.reduceOp, self._native_reduce):
             return self.gloo_allreduce(tensors, opts)
         from ..ops.reduce import all_reduce
         all_reduce(tensors[0], opts.reduceOp, group=self.mw_group)
@@ -182,7 +199,7 @@ class NativeOps:
         check_same_dtype(what, tensors)
         for t in tensors:
             check_reduce(what, opts.reduceOp, t.dtype)
-        if not tensors or not _covered(what, tensors, opts.reduceOp):
+        if not tensors or not _covered(what, tensors, opts.reduceOp, self._native_reduce):
             return self.gloo_allreduce_coalesced(tensors, opts)
         from ..ops.reduce import all_reduce
         # one call for all of them: the tensors flattened into one buffer
@@ -201,7 +218,7 @@ class NativeOps:
         check_cpu(what, *tensors)
         for t in tensors:
             check_reduce(what, opts.reduceOp, t.dtype)
-        if len(tensors) != 1 or opts.rootTensor != 0 or not _covered(what, tensors, opts.reduceOp):
+        if len(tensors) != 1 or opts.rootTensor != 0 or not _covered(what, tensors, opts.reduceOp, self._native_reduce):
             return self.gloo_reduce(tensors, opts)
         from ..ops.reduce import reduce
         reduce(tensors[0], opts.rootRank, opts.reduceOp, group=self.mw_group)
@@ -213,7 +230,7 @@ class NativeOps:
         check_output_input(what, output, input)
         check_world_multiple(what, "input", input, output, self._size)
         check_reduce(what, opts.reduceOp, input.dtype)
-        if not _covered(what, [input], opts.reduceOp):
+        if not _covered(what, [input], opts.reduceOp, self._native_reduce):
             return self.gloo_reduce_scatter_single(output, input, opts)
         from ..ops.reduce import reduce_scatter
         reduce_scatter(output, input, opts.reduceOp, group=self.mw_group)
@@ -224,7 +241,8 @@ class NativeOps:
 
     def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
         outputs, inputs = list(outputs), list(inputs)
-        if not _covered("reduce_scatter_tensor", inputs, (opts or dist.ReduceScatterOptions()).reduceOp):
+        if not _covered("reduce_scatter_tensor", inputs, (opts or dist.ReduceScatterOptions()).reduceOp,
+                        self._native_reduce):
             return self.gloo_reduce_scatter_tensor_coalesced(outputs, inputs, opts)
         for o, i in zip(outputs, inputs):
             self.reduce_scatter_single(o, i, opts)
@@ -245,7 +263,7 @@ class NativeOps:
             raise ValueError(f"multiwrite backend: {what} needs {self._size} input tensors of "
                              f"{out.numel()} elements each")
         check_reduce(what, opts.reduceOp, out.dtype)
-        if not _covered(what, [out], opts.reduceOp):
+        if not _covered(what, [out], opts.reduceOp, self._native_reduce):
             return self.gloo_reduce_scatter(outputs, input_lists, opts)
         from ..ops.reduce import reduce_scatter
         reduce_scatter(out, torch.cat([t.detach().reshape(-1) for t in ins]), opts.reduceOp, group=self.mw_group)
