@@ -53,7 +53,8 @@ def test_multi_write(launcher, layout):
 
 
 @pytest.mark.parametrize("case", ["size_mismatch", "dtype_mismatch", "path_mismatch", "control_mismatch",
-                                  "bad_args", "window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain"])
+                                  "bad_args", "window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain",
+                                  "node_sizes"])
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
 def test_errors(launcher, case):
     _skip_missing(launcher)
@@ -62,7 +63,7 @@ def test_errors(launcher, case):
     print(out)
     if "mismatch" in case:
         assert out.count("MismatchError") == 4, out
-    if case in ("window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain"):
+    if case in ("window_bad_size", "alltoall_splits", "relay_fuzz", "recv_drain", "node_sizes"):
         assert out.count(f"{case} OK") == 4, out
     if case == "relay_fuzz":
         assert out.count("fence reported: window") == 2 and "refused 3 packet(s)" in out, out
