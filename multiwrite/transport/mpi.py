@@ -5,7 +5,6 @@ request becomes a MultiwriteError that names the operation, the peer and the dea
 dies only surfaces as an error when the MPI library and the launcher tolerate failures (Open MPI 5:
 ``mpirun --with-ft ulfm``); otherwise the launcher aborts the whole job when a process dies.
 """
-import collections
 import ctypes
 import sys
 import threading
@@ -201,45 +200,6 @@ class _MPIAnyRequest(_MPIRequest):
 
 
 
-class _ProbedRecv(_MPIRequest):
-    """A receive that is matched before it is posted: MPI_Improbe finds the message, then MPI_Imrecv
-    receives it into this request's buffer if it fits, else whole into a scratch buffer of its real
-    size and the request fails with a MismatchError. Never a receive into a smaller buffer: Open MPI 5
-    writes a truncated message of ~60 KiB or more past the end of the posted buffer (and the heap
-    behind it) instead of only reporting MPI_ERR_TRUNCATE. Receives of one (source, tag) are matched
-    in the order they were made (the transport's FIFO per key), as posted MPI receives would be."""
-    __slots__ = ("src", "tag", "status", "scratch")
-
-    def __init__(self, transport, buf, src, tag):
-        super().__init__(None, buf, ("receive of {} B from rank {}", buf.nbytes, src), transport, src)
-        self.src, self.tag, self.scratch = src, tag, None
-        self.status = transport.MPI.Status()
-        transport._unmatched.setdefault((src, tag), collections.deque()).append(self)
-
-    def test(self):
-        MPI = self.transport.MPI
-        try:
-            if self.req is None:
-                self.transport._match(self.src, self.tag)
-                if self.req is None:
-                    return False
-            done = self.req.Test()
-        except MPI.Exception as exc:
-            self._fail(exc)
-        if done and self.scratch is not None:
-            raise MismatchError(f"{self.description}: the peer sent {self.scratch.nbytes} B, more than this "
-                                f"rank expects (sizes differ across ranks)")
-        return done
-
-    def cancel(self):
-        if self.req is None:
-            q = self.transport._unmatched.get((self.src, self.tag))
-            if q is not None and self in q:
-                q.remove(self)
-            return
-        super().cancel()
-
-
 class _DrainRequest(_MPIRequest):
     """Consumes one message: probes for it (MPI_Improbe), then receives it whole into a scratch
     buffer of its real size (MPI_Imrecv). Never a receive into a smaller buffer: Open MPI 5 writes a
@@ -300,7 +260,6 @@ class MPITransport(Transport, _MPIErrors):
         self.timeout_s = timeout_s
         self.tag_ub = int(self.comm.Get_attr(MPI.TAG_UB) or 32767)
         self.left_undrained = []      # matched messages too large to drain (kept: nothing else may match them)
-        self._unmatched = {}          # (source, tag) -> _ProbedRecv not yet matched, oldest first
 
     def _tag(self, tag):
         return tag % (self.tag_ub + 1)
@@ -316,26 +275,8 @@ class MPITransport(Transport, _MPIErrors):
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
-        return _ProbedRecv(self, buf, src, self._tag(tag))
-
-    def _match(self, src, tag):
-        """Match the waiting receives of (src, tag), oldest first, with the messages that have arrived."""
-        q = self._unmatched.get((src, tag))
-        MPI = self.MPI
-        while q:
-            head = q[0]
-            msg = self.comm.Improbe(source=src, tag=tag, status=head.status)
-            if msg is None:
-                return
-            count = head.status.Get_count(MPI.BYTE)
-            if count <= head.buf.nbytes:
-                head.req = msg.Irecv([head.buf, MPI.BYTE])
-            else:
-                head.scratch = np.empty(count, dtype=np.uint8)
-                head.req = msg.Irecv([head.scratch, MPI.BYTE])
-            q.popleft()
-        if q is not None and not q:
-            del self._unmatched[(src, tag)]
+        req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
+        return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self, src)
 
     def irecv_any(self, buf, tag):
         self.check_buffer(buf)
