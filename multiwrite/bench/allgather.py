@@ -28,7 +28,7 @@ import torch
 from .._util import format_size
 from .bound import bound_us, link_params
 from .checks import count_wrong_elements
-from .harness import Impl, MWImpl, Progress, available_impls, run_interleaved, run_main
+from .harness import DataImpl, MWImpl, Progress, available_impls, run_interleaved, run_main
 from .options import DTYPES, add_common_arguments, check_common_args, element_size, sizes_from_args
 from .report import header_lines, make_rows, run_metadata
 
@@ -78,19 +78,7 @@ class _Data:
         return count_wrong_elements(self.out_bytes, self.expected, self.esize)
 
 
-class _Base(Impl):
-    def __init__(self, ctx, data):
-        self.ctx, self.data = ctx, data
-
-    def prepare(self, it):
-        self.data.iteration(it)
-        self.data.poison()
-
-    def check(self, it):
-        return self.data.wrong()
-
-
-class MPIAllgather(_Base):
+class MPIAllgather(DataImpl):
     name = "mpi"
 
     def run(self):
@@ -98,7 +86,7 @@ class MPIAllgather(_Base):
         self.ctx.comm.Allgather([self.data.x_bytes, MPI.BYTE], [self.data.out_bytes, MPI.BYTE])
 
 
-class GlooAllgather(_Base):
+class GlooAllgather(DataImpl):
     name = "gloo"
 
     def run(self):
@@ -106,7 +94,7 @@ class GlooAllgather(_Base):
         dist.all_gather_single(self.data.out, self.data.x, group=self.ctx.gloo)
 
 
-class MWAllgather(_Base, MWImpl):
+class MWAllgather(DataImpl, MWImpl):
     def __init__(self, ctx, data, mode):
         super().__init__(ctx, data)
         self.name = self.mode = mode

@@ -49,6 +49,21 @@ class Impl:
         pass
 
 
+class DataImpl(Impl):
+    """An Impl on a shared data object with ``iteration(it)`` (the inputs of iteration ``it``),
+    ``poison()`` (outputs wrong until written) and ``wrong()`` (wrong elements after the run)."""
+
+    def __init__(self, ctx, data):
+        self.ctx, self.data = ctx, data
+
+    def prepare(self, it):
+        self.data.iteration(it)
+        self.data.poison()
+
+    def check(self, it):
+        return self.data.wrong()
+
+
 class MWImpl(Impl):
     """An implementation that calls multiwrite: its inter-node bytes are what mw.stats() counted."""
     uses_mw = True

@@ -81,14 +81,20 @@ def sizes_from_args(args, default_lo, default_hi):
     return sizes
 
 
+def parse_choices(flag, text, choices):
+    """The names of a comma-separated option (``--impls mpi,multiwrite``), each one of ``choices``;
+    ValueError naming ``flag`` otherwise (or when none is given)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        raise ValueError(f"{flag}: unknown {bad or names}; choose from {','.join(choices)}")
+    return names
+
+
 def check_common_args(args):
     if args.iters < 1 or args.warmup_iters < 0:
         raise ValueError("-n must be >= 1 and -w >= 0")
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    bad = [i for i in impls if i not in IMPLS]
-    if bad or not impls:
-        raise ValueError(f"--impls: unknown {bad}; choose from {','.join(IMPLS)}")
-    return impls
+    return parse_choices("--impls", args.impls, IMPLS)
 
 
 

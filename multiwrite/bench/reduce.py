@@ -27,8 +27,9 @@ import torch
 from .._util import format_size
 from .bound import bound_us, link_params
 from .checks import count_wrong_elements
-from .harness import Impl, MWImpl, Progress, available_impls, run_interleaved, run_main
-from .options import DTYPES, add_common_arguments, check_common_args, element_size, sizes_from_args
+from .harness import DataImpl, MWImpl, Progress, available_impls, run_interleaved, run_main
+from .options import (DTYPES, add_common_arguments, check_common_args, element_size, parse_choices,
+                      sizes_from_args)
 from .report import header_lines, make_rows, run_metadata
 
 DEFAULT_MIN, DEFAULT_MAX = 1 << 20, 64 << 20
@@ -47,11 +48,7 @@ def add_arguments(parser, name="reduce"):
 
 
 def _collectives(args):
-    names = [c.strip() for c in args.collectives.split(",") if c.strip()]
-    bad = [c for c in names if c not in COLLECTIVES]
-    if bad or not names:
-        raise ValueError(f"--collectives: unknown {bad}; choose from {','.join(COLLECTIVES)}")
-    return names
+    return parse_choices("--collectives", args.collectives, COLLECTIVES)
 
 
 def _impl_names(ctx, args):
@@ -105,19 +102,7 @@ class _Data:
         return count_wrong_elements(self.out, self.expected, self.out.element_size())
 
 
-class _Base(Impl):
-    def __init__(self, ctx, data):
-        self.ctx, self.data = ctx, data
-
-    def prepare(self, it):
-        self.data.iteration(it)
-        self.data.poison()
-
-    def check(self, it):
-        return self.data.wrong()
-
-
-class MPIReduce(_Base):
+class MPIReduce(DataImpl):
     name = "mpi"
 
     def __init__(self, ctx, data, mpi_type):
@@ -134,7 +119,7 @@ class MPIReduce(_Base):
             self.ctx.comm.Reduce_scatter_block([self.x, self.type], [self.out, self.type], op=MPI.SUM)
 
 
-class GlooReduce(_Base):
+class GlooReduce(DataImpl):
     name = "gloo"
 
     def run(self):
@@ -145,7 +130,7 @@ class GlooReduce(_Base):
             dist.reduce_scatter_single(self.data.out, self.data.x, group=self.ctx.gloo)
 
 
-class MWReduce(_Base, MWImpl):
+class MWReduce(DataImpl, MWImpl):
     name = "multiwrite"
 
     def run(self):

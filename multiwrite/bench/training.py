@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 import multiwrite as mw  # noqa: F401  (registers the "multiwrite" backend)
+from .options import parse_choices
 
 
 def make_model(width_in, hidden, layers):
@@ -125,10 +126,10 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results here (rank 0)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("ddp", "fsdp")]
-    if bad or not modes:
-        ap.error(f"--modes: unknown {bad or modes}; choose from ddp, fsdp")
+    try:
+        modes = parse_choices("--modes", args.modes, ("ddp", "fsdp"))
+    except ValueError as e:
+        ap.error(str(e))
     if args.layers < 2:
         ap.error("--layers must be >= 2")
 

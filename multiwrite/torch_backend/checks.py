@@ -42,6 +42,21 @@ def check_cpu(what, *tensors):
             raise TypeError(f"multiwrite backend: {what} does not support sparse tensors")
 
 
+def reduce_scatter_lists(what, outputs, input_lists, size, op):
+    """``reduce_scatter``'s tensor lists: one output and one list of ``size`` inputs of its size and
+    dtype per process, CPU tensors, ``op`` defined for the dtype. Returns (output, inputs)."""
+    if len(outputs) != 1 or len(input_lists) != 1:
+        raise ValueError(f"multiwrite backend: {what} takes one output and one input list per process")
+    out, ins = outputs[0], list(input_lists[0])
+    check_cpu(what, out, *ins)
+    check_same_dtype(what, [out] + ins)
+    if len(ins) != size or any(t.numel() != out.numel() for t in ins):
+        raise ValueError(f"multiwrite backend: {what} needs {size} input tensors of "
+                         f"{out.numel()} elements each")
+    check_reduce(what, op, out.dtype)
+    return out, ins
+
+
 def check_same_dtype(what, tensors):
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) > 1:

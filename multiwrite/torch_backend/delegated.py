@@ -24,6 +24,7 @@ from .checks import (
     check_same_dtype,
     check_world_multiple,
     op_name,
+    reduce_scatter_lists,
 )
 from .work import Work, has_future
 
@@ -120,15 +121,7 @@ class DelegatedOps:
     def gloo_reduce_scatter(self, outputs, input_lists, opts=None):
         opts = opts or dist.ReduceScatterOptions()
         what = "reduce_scatter"
-        if len(outputs) != 1 or len(input_lists) != 1:
-            raise ValueError(f"multiwrite backend: {what} takes one output and one input list per process")
-        out, ins = outputs[0], list(input_lists[0])
-        check_cpu(what, out, *ins)
-        check_same_dtype(what, [out] + ins)
-        if len(ins) != self._size or any(t.numel() != out.numel() for t in ins):
-            raise ValueError(f"multiwrite backend: {what} needs {self._size} input tensors of "
-                             f"{out.numel()} elements each")
-        check_reduce(what, opts.reduceOp, out.dtype)
+        out, ins = reduce_scatter_lists(what, outputs, input_lists, self._size, opts.reduceOp)
         c = Contig()
         o = c(out, output=True)
         with gloo_errors(f"{what} (ReduceOp.{op_name(opts.reduceOp)})", out.dtype):

@@ -31,6 +31,7 @@ from .checks import (
     check_reduce,
     check_same_dtype,
     check_world_multiple,
+    reduce_scatter_lists,
 )
 from .work import completed
 
@@ -49,6 +50,15 @@ def _covered(what, tensors, op, native=True):
     for an op it does not define for their dtype (complex PRODUCT/MIN/MAX)."""
     from ..ops.reduce import covers
     return all(covers(t.dtype, op, f"multiwrite backend: {what}") for t in tensors) and native
+
+
+def _unflatten_into(flat, tensors):
+    """Copy consecutive pieces of the 1-D ``flat`` back into ``tensors`` (their shapes, in order)."""
+    with torch.no_grad():
+        off = 0
+        for t in tensors:
+            t.copy_(flat[off:off + t.numel()].view(t.shape))
+            off += t.numel()
 
 
 class NativeOps:
@@ -163,11 +173,7 @@ class NativeOps:
 
         from ..ops.alltoall import all_to_all_single
         all_to_all_single(flat_out, flat_in, out_splits, in_splits, group=self.mw_group)
-        with torch.no_grad():
-            off = 0
-            for t in outputs:
-                t.copy_(flat_out[off:off + t.numel()].view(t.shape))
-                off += t.numel()
+        _unflatten_into(flat_out, outputs)
         return completed(outputs)
 
     # -- reductions, node first (ops/reduce.py) ------------------------------------------------------
@@ -205,11 +211,7 @@ class NativeOps:
         # one call for all of them: the tensors flattened into one buffer
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
         all_reduce(flat, opts.reduceOp, group=self.mw_group)
-        with torch.no_grad():
-            off = 0
-            for t in tensors:
-                t.copy_(flat[off:off + t.numel()].view(t.shape))
-                off += t.numel()
+        _unflatten_into(flat, tensors)
         return completed(tensors)
 
     def reduce(self, tensors, opts=None):
@@ -254,15 +256,7 @@ class NativeOps:
     def reduce_scatter(self, outputs, input_lists, opts=None):
         opts = opts or dist.ReduceScatterOptions()
         what = "reduce_scatter"
-        if len(outputs) != 1 or len(input_lists) != 1:
-            raise ValueError(f"multiwrite backend: {what} takes one output and one input list per process")
-        out, ins = outputs[0], list(input_lists[0])
-        check_cpu(what, out, *ins)
-        check_same_dtype(what, [out] + ins)
-        if len(ins) != self._size or any(t.numel() != out.numel() for t in ins):
-            raise ValueError(f"multiwrite backend: {what} needs {self._size} input tensors of "
-                             f"{out.numel()} elements each")
-        check_reduce(what, opts.reduceOp, out.dtype)
+        out, ins = reduce_scatter_lists(what, outputs, input_lists, self._size, opts.reduceOp)
         if not _covered(what, [out], opts.reduceOp, self._native_reduce):
             return self.gloo_reduce_scatter(outputs, input_lists, opts)
         from ..ops.reduce import reduce_scatter
