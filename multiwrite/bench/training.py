@@ -63,15 +63,21 @@ class Trainer:
         self.model = wrap(mode, make_model(args.width, args.hidden, args.layers), group)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.times = []
+        self.phases = {"forward": [], "backward": [], "optimizer": []}
 
     def step(self, x, y, sync_group):
         dist.barrier(group=sync_group)           # start together: the step time is the collective one
         t0 = time.perf_counter()
         loss = torch.nn.functional.mse_loss(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        t1 = time.perf_counter()
+        loss.backward()                          # DDP: includes the gradient all-reduce
+        t2 = time.perf_counter()
         self.opt.step()
-        self.times.append(time.perf_counter() - t0)
+        t3 = time.perf_counter()
+        self.times.append(t3 - t0)
+        for name, dt in zip(self.phases, (t1 - t0, t2 - t1, t3 - t2)):
+            self.phases[name].append(dt)
         return loss.item()
 
 
@@ -103,7 +109,9 @@ def run_mode(mode, gloo, args, rank):
     for name, tr in trainers.items():
         times = slowest(tr.times[args.warmup:], gloo)
         result[name] = {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-                        "max_ms": 1e3 * max(times), "times_ms": [round(1e3 * t, 2) for t in times]}
+                        "max_ms": 1e3 * max(times), "times_ms": [round(1e3 * t, 2) for t in times],
+                        # this rank's (rank 0's) phases, medians: where the step's time goes
+                        "phases_ms": {k: 1e3 * statistics.median(v[args.warmup:]) for k, v in tr.phases.items()}}
     result["ratio"] = result["multiwrite"]["median_ms"] / result["gloo"]["median_ms"]
     pm, pg = (full_params(mode, trainers[n].model) for n in ("multiwrite", "gloo"))
     result["max_param_diff"] = max((a - b).abs().max().item() for a, b in zip(pm, pg))
@@ -154,6 +162,9 @@ def main(argv=None):
         for r in results:
             print(f"{r['mode']:6s} {r['multiwrite']['median_ms']:14.1f} {r['gloo']['median_ms']:10.1f} "
                   f"{r['ratio']:7.3f} {r['max_param_diff']:12.3g} {r['max_loss_diff']:11.3g}")
+            for name in ("multiwrite", "gloo"):
+                ph = r[name]["phases_ms"]
+                print(f"  {name:10s} rank 0 phases (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
             if r["max_param_diff"] > args.tolerance:
                 print(f"FAIL: {r['mode']}: parameters differ from the Gloo run by {r['max_param_diff']:.3g} "
                       f"> --tolerance {args.tolerance:g}", flush=True)
