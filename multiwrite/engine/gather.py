@@ -217,10 +217,13 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
     round_failed)."""
     H, fused, topo = _packets.HEADER, plan.fused, g.topo
     inboxes = plan.inboxes[rnd.parity]
+    # Nothing agrees sizes across nodes before this exchange (another node's ranks may pass another
+    # chunk size or take another path): the receives are not agreed (MPI: probed, see Transport.irecv).
     if plan.any_sender:
-        recvs = [g.transport.irecv_any(box, tag) for box in inboxes]
+        recvs = [g.transport.irecv_any(box, tag, agreed=False) for box in inboxes]
     else:
-        recvs = [g.recv(box, leader, tag) if fused else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what)
+        recvs = [g.recv(box, leader, tag, agreed=False) if fused
+                 else _packets.PacketRecv(g, box[:H], box[H:], leader, tag, what, agreed=False)
                  for box, (m, leader, size) in zip(inboxes, plan.others)]
 
     # Wait for the chunks of my node (they are counted on a word of their own). A disagreement among
@@ -278,8 +281,11 @@ def _leader_exchange(g, plan, staging, rnd, seq, tag, window_id, what, sends):
             for at, pos, n in plan.landing[m]:
                 staging[at:at + n] = box[pos:pos + n]
         except MultiwriteTimeout:
+            _packets.abandon(recvs)
             raise
         except Exception as exc:
+            if fused:
+                _discard_payload(g, recvs[i], box, tag)
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
     if sends is not None:
@@ -307,6 +313,22 @@ def _node_disagreement(box, what, node, sender):
                          f"by rank {sender})")
 
 
+def _discard_payload(g, req, box, tag):
+    """After a failed fused receive: if it got a header alone that announces a payload, its sender is
+    on the two-part path (the large AllGather: header, then payload as a message of its own) and
+    nothing here receives that payload; the transport drains it when it comes (a large send does not
+    complete until it is received, and a later call on the same tag must not take it)."""
+    count = getattr(req, "count", None)
+    if count is None or count() != _packets.HEADER:
+        return
+    try:
+        sent = _core.parse_header(box[:_packets.HEADER])["payload_len"]
+    except Exception:
+        return
+    if sent:
+        g.transport.discard(req.source(), tag)
+
+
 def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
     """Small path, per-rank variant: my chunk goes to my relay on every other node; I land the chunks
     of the remote sources I relay. Returns the first error (every chunk still counts as landed)."""
@@ -315,12 +337,14 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
     fused = not g.transport.exact_size_recv
     remote_nodes = [m for m in range(topo.num_nodes) if m != topo.node]
     senders = tree.relayed_by(topo, r, range(P))
+    # Not agreed across nodes (a sender may pass another chunk size or take the large path), as in
+    # _leader_exchange.
     if fused:
         inbox = g.private_buffer(f"allgather_small_rin{rnd.parity}", max(1, len(senders)) * (H + c)).reshape(-1, H + c)
-        recvs = [g.recv(inbox[i], s, tag) for i, s in enumerate(senders)]
+        recvs = [g.recv(inbox[i], s, tag, agreed=False) for i, s in enumerate(senders)]
     else:
         headers_in = _packets.header_buffers(g, "allgather_small_hin", len(senders))
-        recvs = [_packets.PacketRecv(g, headers_in[i], staging[s * c:(s + 1) * c], s, tag, what)
+        recvs = [_packets.PacketRecv(g, headers_in[i], staging[s * c:(s + 1) * c], s, tag, what, agreed=False)
                  for i, s in enumerate(senders)]
     sends = []
     outbox = g.private_buffer(f"allgather_small_rout{rnd.parity}", len(remote_nodes) * (H + c)).reshape(-1, H + c)
@@ -348,8 +372,11 @@ def _relay_exchange(g, staging, rnd, src, seq, tag, window_id, what):
             if fused:
                 staging[s * c:(s + 1) * c] = inbox[i, H:]
         except MultiwriteTimeout:
+            _packets.abandon(recvs)
             raise
         except Exception as exc:
+            if fused:
+                _discard_payload(g, recvs[i], inbox[i], tag)
             error = error or (exc if isinstance(exc, MultiwriteError) else MismatchError(f"{what}: {exc}"))
             g.round_failed(rnd, error)
         g.round_arrived(rnd)

@@ -80,19 +80,46 @@ def check_piece(header, *, offset, **expected):
 class PacketRecv:
     """Receive one two-part packet (header, then payload into ``payload``) from ``src``.
 
-    Transports that tolerate a message of the wrong size (MPI reports truncation) get both receives
-    posted at once. Gloo aborts the process on a size mismatch, so there the payload receive is posted
-    only after the header has shown the payload length; a wrong length is drained and reported as a
-    MismatchError instead.
+    Transports that tolerate a message of the wrong size (MPI) get both receives posted at once.
+    ``agreed``: the ranks agreed on the packet's size beforehand (a control allgather or a node
+    agreement that covers every rank); when not (False), the sender may be on another size or path
+    (e.g. a fused header + payload message, see engine/gather.py), so both receives are made with
+    ``agreed=False`` (MPI: matched before they are received; a larger message is a MismatchError,
+    never written past the buffer). Gloo aborts the process on a size mismatch, so there the payload
+    receive is posted only after the header has shown the payload length; a wrong length is drained
+    and reported as a MismatchError instead.
     """
 
     description = "packet"
 
-    def __init__(self, group, header, payload, src, tag, what=""):
+    def __init__(self, group, header, payload, src, tag, what="", agreed=True):
         self.group, self.header, self.payload, self.src, self.tag = group, header, payload, src, tag
-        self.what = what
-        self.header_req = group.recv(header, src, tag)
-        self.payload_req = None if group.transport.exact_size_recv else group.recv(payload, src, tag)
+        self.what, self.agreed = what, agreed
+        self.header_req = group.recv(header, src, tag, agreed=agreed)
+        self.payload_req = None if group.transport.exact_size_recv else group.recv(payload, src, tag, agreed=agreed)
+
+    def abandon(self):
+        """The operation gave up on this packet (see Request.abandon): never waits. A payload message
+        follows the header only if the header came alone (a sender on the fused path of
+        engine/gather.py sends one message) and announced a payload."""
+        header, payload = self.header_req, self.payload_req
+        header.abandon()
+        if payload is None:
+            return
+        sent = getattr(header, "count", None)
+        sent = sent() if sent is not None else None
+        if sent is None:                 # the header is not in yet (or a receive that does not tell)
+            payload.abandon(unless_previous_over=HEADER)
+        elif sent > HEADER:              # one fused message: no payload follows
+            payload.abandon(expected=False)
+        else:
+            expected = True
+            if getattr(header, "done", False):
+                try:
+                    expected = _core.parse_header(self.header)["payload_len"] > 0
+                except Exception:
+                    pass
+            payload.abandon(expected=expected)
 
     def wait(self, timeout_s, what=""):
         deadline = time.monotonic() + timeout_s
@@ -111,7 +138,7 @@ class PacketRecv:
                 drain.wait(max(deadline - time.monotonic(), 1e-3), what)
             raise MismatchError(f"{what or self.what}: rank {self.src} sent {sent} bytes, this rank expects "
                                 f"{self.payload.nbytes} (sizes differ across ranks)")
-        self.payload_req = self.group.recv(self.payload, self.src, self.tag)
+        self.payload_req = self.group.recv(self.payload, self.src, self.tag, agreed=self.agreed)
 
     def test(self, timeout_s=None, what=""):
         """Non-blocking: True once header and payload have arrived. With an exact-size transport the
@@ -248,21 +275,80 @@ def _first_error(error, step):
     return error
 
 
+#: After an operation failed on this rank (not a timeout): how long it still lets its own sends and
+#: the drains of the messages it abandoned complete before it raises (see ``settle``).
+SETTLE_S = 5.0
+
+
+def settle(g, sends):
+    """After a failure (not a timeout): give this rank's ``sends`` and the transport's drains of
+    abandoned receives up to SETTLE_S (at most the group's timeout) to complete; never raises. MPI
+    moves a large message only while both ends are inside MPI calls: a rank that raised at once and
+    then waited for its node in shared memory (node_sync, the next call's node rounds) would stall a
+    peer's receive of its data, or the peer's send of a message this rank abandoned, until that peer
+    timed out. Messages that have not come are not waited for (orphans are drained later). Nothing to
+    do where requests complete on the transport's own threads (Gloo: ``completes_in_test`` False)."""
+    t = g.transport
+    if not t.completes_in_test:
+        return
+    deadline = time.monotonic() + min(SETTLE_S, g.timeout_s)
+    pending = list(sends)
+    while True:
+        still = []
+        for req in pending:
+            try:
+                if not req.test():
+                    still.append(req)
+            except Exception:
+                pass          # a failed send: nothing to wait for
+        pending = still
+        if (not pending and not t.draining()) or time.monotonic() > deadline:
+            return
+        time.sleep(2e-5)
+
+
 def finish_sends(g, what, sends, error=None):
     """Wait for the sends (requests, or a PieceSender: its queued pieces are posted first); a timeout
-    is raised at once, another failure returned (``error`` passed in wins)."""
+    is raised at once, another failure returned (``error`` passed in wins). After an ``error``, a list
+    of requests on MPI is given a bounded time only (``settle``): the peers that disagree raise as
+    well and may have abandoned their receive of it (drained at their next transport activity), so
+    waiting for the full timeout could turn this rank's error into a MultiwriteTimeout."""
     if isinstance(sends, PieceSender):
         return _first_error(error, lambda: sends.finish(what))
+    if error is not None and g.transport.completes_in_test:
+        settle(g, sends)
+        return error
     return _first_error(error, lambda: g.wait_all(sends, what))
+
+
+def abandon(requests):
+    """Give up on the receives of an operation that raised (Request.abandon: receives whose size was
+    not agreed leave orphans on MPI, so their messages are drained when they come and their senders'
+    sends complete). Never waits: a message that never comes is not waited for."""
+    for req in requests:
+        try:
+            req.abandon()
+        except Exception:
+            pass
 
 
 def complete(g, what, recvs, sends, check=None, error=None):
     """Finish the packet exchange of one operation: wait for the receives, validate the headers
-    (``check()``), wait for the sends (not after a failed receive). Returns the first error (``error``
-    passed in wins), to be shared with the node through ``g.node_sync``; a timeout is raised at once."""
+    (``check()``), wait for the sends. Returns the first error (``error`` passed in wins), to be
+    shared with the node through ``g.node_sync``; a timeout is raised at once. After a failed receive
+    or check, the receives still pending are abandoned (``abandon``) and the sends only get a bounded
+    time (``settle``): the peers that disagree raise as well and may have abandoned their receives."""
     def exchange():
-        wait_checked(g, recvs, what)
-        if check is not None:
-            check()
+        try:
+            wait_checked(g, recvs, what)
+            if check is not None:
+                check()
+        except MultiwriteTimeout:
+            abandon(recvs)
+            raise
+        except BaseException:
+            abandon(recvs)
+            settle(g, sends)
+            raise
         g.wait_all(sends, what)
     return _first_error(error, exchange)

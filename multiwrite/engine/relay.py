@@ -117,7 +117,9 @@ class RelayService:
         self.transport.close()
 
     def _recv(self, buf, src, tag):
-        """The rest of a packet whose header arrived: it follows at once from the same sender."""
+        """The rest of a packet whose header arrived: it follows at once from the same sender. Its size
+        is agreed (a plain receive): it comes from the header, checked by _check, and the sender's
+        ``post`` builds header and payload from the same packet (Window.multi_write)."""
         self.transport.irecv(buf, src, tag).wait(self.group.timeout_s, f"relay receive from rank {src}")
 
     def _loop(self):

@@ -101,8 +101,10 @@ def all_gather_bytes(g, out, src, *, mode="multiwrite", dtype="uint8"):
         senders = tree.relayed_by(topo, r, remote)
         landing = lambda s: staging[s * c:(s + 1) * c]
         slot = r * c
+    # Sizes are not agreed across nodes (node_agree covers this node only): a sender may pass another
+    # chunk size, or be on the small path (one fused message), so the receives are probed on MPI.
     for i, s in enumerate(senders):
-        recvs.append(_packets.PacketRecv(g, headers_in[i], landing(s), s, tag, what))
+        recvs.append(_packets.PacketRecv(g, headers_in[i], landing(s), s, tag, what, agreed=False))
         sources.append((i, s))
 
     staging[slot:slot + c] = src

@@ -85,7 +85,8 @@ def broadcast_bytes(g, buf, root, *, mode="multiwrite", dtype="uint8"):
             landing = staging       # this rank relays the node's single copy
         if landing is not None:
             header_in = _packets.header_buffers(g, "broadcast_hin", 1)[0]
-            recvs.append(_packets.PacketRecv(g, header_in, landing, root, tag, what))
+            # not agreed: node_agree covers this node only, the root may pass another size
+            recvs.append(_packets.PacketRecv(g, header_in, landing, root, tag, what, agreed=False))
 
     sends = []
     if r == root:

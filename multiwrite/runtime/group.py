@@ -507,8 +507,10 @@ class Group:
         self.stats.add_inter(buf.nbytes, node)
         return self.transport.isend(buf, dst, tag)
 
-    def recv(self, buf, src, tag):
-        return self.transport.irecv(buf, src, tag)
+    def recv(self, buf, src, tag, *, agreed=True):
+        """Receive from ``src`` on ``tag`` into ``buf``; ``agreed=False`` when the message's size comes
+        from the sender's own arguments (see Transport.irecv)."""
+        return self.transport.irecv(buf, src, tag, agreed=agreed)
 
     def wait_all(self, requests, what):
         wait_all(requests, self.timeout_s, what)

@@ -27,6 +27,13 @@ class Request:
     def cancel(self) -> None:
         """Give up on a pending receive where the transport can (MPI); elsewhere a no-op."""
 
+    def abandon(self, *, expected: bool = True, unless_previous_over=None) -> None:
+        """The operation gave up on this receive (it raised): never waits. A receive whose size was
+        not agreed (MPI: probed) leaves an orphan, so its message is drained when it comes;
+        ``expected=False``: the caller knows no message will come for it (it is forgotten);
+        ``unless_previous_over``: none comes if the message before it from the same source and tag
+        had more than this many bytes. Other requests stay as they are."""
+
     def wait(self, timeout_s: float, what: str = "") -> None:
         wait_polling(self, timeout_s, what)
 
@@ -131,12 +138,20 @@ class Transport:
     def isend(self, buf: np.ndarray, dst: int, tag: int) -> Request:
         raise NotImplementedError
 
-    def irecv(self, buf: np.ndarray, src: int, tag: int) -> Request:
+    def irecv(self, buf: np.ndarray, src: int, tag: int, *, agreed: bool = True) -> Request:
+        """Receive the next message from ``src`` on ``tag`` into ``buf``. ``agreed``: the ranks agreed
+        on its size beforehand (the control data or a header said it), so it cannot be larger than
+        ``buf``. ``agreed=False``: its size comes from the sender's own arguments and may differ; a
+        larger message then fails the request with a MismatchError and is never written past the
+        end of ``buf`` (MPI: the message is matched before it is received). Transports whose
+        receives must match the size exactly (``exact_size_recv``) ignore it: their callers post a
+        receive only once its size is known."""
         raise NotImplementedError
 
-    def irecv_any(self, buf: np.ndarray, tag: int) -> Request:
+    def irecv_any(self, buf: np.ndarray, tag: int, *, agreed: bool = True) -> Request:
         """Receive a message on ``tag`` from whichever rank sends first (``recv_any_source``); once
-        complete, the request's ``source()`` is the sender and ``count()`` the bytes received."""
+        complete, the request's ``source()`` is the sender and ``count()`` the bytes received.
+        ``agreed`` as for ``irecv``."""
         raise NotImplementedError(f"the {self.name} transport cannot receive from any source")
 
     def wait_or_stop(self, req: Request, stop) -> bool:
@@ -150,6 +165,16 @@ class Transport:
         was refused, so that it does not stay queued). Returns the request, or None when it cannot be
         drained without a buffer larger than ``limit`` bytes (exact-size transports)."""
         raise NotImplementedError
+
+    def discard(self, src: int, tag: int) -> None:
+        """The next message from ``src`` on ``tag`` that no receive was made for is not wanted (a peer
+        sent a part this rank does not expect): MPI receives it into a scratch buffer when it comes,
+        so the sender's send completes; elsewhere nothing."""
+
+    def draining(self) -> bool:
+        """Move on the receives of abandoned messages that have come (see ``discard``; MPI) and tell
+        whether some are still in progress. Never raises."""
+        return False
 
     def progress(self) -> None:
         """Let pending messages move while this rank computes (call between chunks of work, at most

@@ -90,14 +90,15 @@ class GlooTransport(Transport):
         t = self._tensor(buf)
         return _GlooRequest(self.pg.send([t], dst, tag), t, f"send of {buf.nbytes} B to rank {dst}", dst)
 
-    def irecv(self, buf, src, tag):
+    def irecv(self, buf, src, tag, *, agreed=True):
+        # ``agreed`` changes nothing: Gloo needs exact sizes, so callers know the size when they post
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
         t = self._tensor(buf)
         return _GlooRequest(self.pg.recv([t], src, tag), t, f"receive of {buf.nbytes} B from rank {src}", src)
 
-    def irecv_any(self, buf, tag):
+    def irecv_any(self, buf, tag, *, agreed=True):
         self.check_buffer(buf)
         t = self._tensor(buf)
         return _GlooAnyRequest(self.pg.recv_anysource([t], tag), t, f"receive of {buf.nbytes} B from any rank")

@@ -5,9 +5,12 @@ request becomes a MultiwriteError that names the operation, the peer and the dea
 dies only surfaces as an error when the MPI library and the launcher tolerate failures (Open MPI 5:
 ``mpirun --with-ft ulfm``); otherwise the launcher aborts the whole job when a process dies.
 """
+import collections
 import ctypes
 import sys
 import threading
+import time
+import weakref
 
 import numpy as np
 
@@ -123,6 +126,7 @@ class _MPIErrors:
 
 class _BareComm(_MPIErrors):
     """_MPIErrors of a communicator that is not (yet) a transport's (start-up collectives)."""
+    _queues = _draining = ()      # nothing to move in the background (see MPITransport._pump)
 
     def __init__(self, MPI, comm):
         self.MPI, self.comm = MPI, comm
@@ -146,6 +150,9 @@ class _MPIRequest(Request):
         self._description = value
 
     def test(self):
+        t = self.transport
+        if t is not None and (t._queues or t._draining):    # probed receives or orphans to move
+            t._pump()
         try:
             return self.req.Test()
         except Exception as exc:
@@ -187,6 +194,9 @@ class _MPIAnyRequest(_MPIRequest):
         self.status = status
 
     def test(self):
+        t = self.transport
+        if t._queues or t._draining:
+            t._pump()
         try:
             return self.req.Test(self.status)
         except Exception as exc:
@@ -198,6 +208,116 @@ class _MPIAnyRequest(_MPIRequest):
     def count(self):
         return self.status.Get_count(self.transport.MPI.BYTE)
 
+
+
+class _Orphan:
+    """A place in a (source, tag) queue of probed receives whose receive was given up (cancelled,
+    abandoned, or not wanted: ``MPITransport.discard``): the message that would have matched it is
+    received whole into a scratch buffer and discarded, so that its sender's send completes and no
+    later receive takes it. Given up on after ``MPITransport.orphan_expiry_s`` without a message.
+    ``unless_over``: no message is expected for it if the message matched just before it on its key
+    had more than this many bytes (a packet's payload follows its header only when the header came
+    as a message of its own)."""
+    __slots__ = ("since", "unless_over")
+
+    def __init__(self, since, unless_over=None):
+        self.since, self.unless_over = since, unless_over
+
+
+class _ProbedRecv(_MPIRequest):
+    """A receive whose size was not agreed between the ranks beforehand: matched before it is posted.
+    MPI_Improbe finds the message, then MPI_Imrecv receives it into this request's buffer if it fits,
+    else whole into a scratch buffer of its real size and the request fails with a MismatchError.
+    Never a receive into a smaller buffer: Open MPI 5 writes a truncated message of ~60 KiB or more
+    past the end of the posted buffer (and the heap behind it) instead of only reporting
+    MPI_ERR_TRUNCATE. The receives of one (source, tag) are matched in the order they were made (the
+    transport's queue per key), as posted MPI receives would be; ``source`` may be MPI.ANY_SOURCE.
+
+    ``cancel()`` before the message was matched leaves an orphan in its place (see _Orphan); after,
+    the receive goes on in the background (the transport tests it) and must not be used any more."""
+    __slots__ = ("key", "scratch", "done", "_source", "_count")
+
+    def __init__(self, transport, buf, key, description):
+        super().__init__(None, buf, description, transport, key[0] if key[0] >= 0 else None)
+        self.key, self.scratch, self.done, self._source, self._count = key, None, False, None, None
+        q = transport._queues.get(key)
+        if q is None:
+            q = transport._queues[key] = collections.deque()
+        q.append(weakref.ref(self))
+
+    def test(self):
+        if self.done:
+            return self._result()
+        t = self.transport
+        MPI = t.MPI
+        try:
+            if self.req is None:
+                if self.key is None:          # cancelled
+                    return False
+                t._match(self.key)
+                if self.req is None:
+                    if t._queues or t._draining:
+                        t._pump()               # other keys (rate-limited)
+                    return False
+            elif t._queues or t._draining:
+                t._pump()
+            if not self.req.Test():
+                return False
+        except MPI.Exception as exc:
+            self._fail(exc)
+        self.done = True
+        return self._result()
+
+    def _result(self):
+        if self.scratch is not None:
+            raise MismatchError(f"{self.description}: the peer sent {self.scratch.nbytes} B, more than this rank "
+                                f"expects (sizes differ across ranks)")
+        return True
+
+    def source(self):
+        """The sender (once matched): for receives from any source."""
+        return self._source
+
+    def count(self):
+        """Bytes the sender sent (once matched)."""
+        return self._count
+
+    def cancel(self):
+        """Give up on this receive, never waiting (see ``abandon``)."""
+        self.abandon()
+
+    def abandon(self, *, expected=True, unless_previous_over=None):
+        """Give up on this receive, never waiting. Unmatched: an orphan takes its place in the queue
+        (``unless_previous_over``: see _Orphan.unless_over), or, with ``expected=False`` (the caller
+        knows that no message will come for it), the receive is simply forgotten. Matched: the
+        receive completes in the background (the transport keeps it and its buffers)."""
+        t = self.transport
+        if self.req is None:
+            key, self.key = self.key, None
+            q = t._queues.get(key) if key is not None else None
+            for i, entry in enumerate(q or ()):
+                if type(entry) is weakref.ref and entry() is self:
+                    if expected:
+                        q[i] = _Orphan(time.monotonic(), unless_previous_over)
+                    else:
+                        del q[i]
+                        if not q:
+                            del t._queues[key]
+                    break
+        elif not self.done:
+            t._draining.append((self.req, self.buf, self.scratch))
+            self.done = True
+            self.scratch = None
+
+    def __del__(self):
+        # Dropped while its message is being received (an error path that did not cancel it): the
+        # transport keeps the request and its buffers until it completes (MPI writes into them).
+        # Dropped before it was matched: its queue entry (a weak reference) turns into an orphan.
+        try:
+            if self.req is not None and not self.done:
+                self.transport._draining.append((self.req, self.buf, self.scratch))
+        except Exception:
+            pass
 
 
 class _DrainRequest(_MPIRequest):
@@ -235,7 +355,27 @@ class _DrainRequest(_MPIRequest):
             super().cancel()
 
 
+#: Largest orphaned message the transport receives to discard it (a scratch buffer of its size); a
+#: larger one is matched and left unreceived (``left_undrained``). As engine/packets.DRAIN_LIMIT.
+ORPHAN_DRAIN_LIMIT = 64 << 20
+#: Least time between two passes over the probed receives and orphans made while testing requests.
+_PUMP_INTERVAL_S = 1e-3
+
+
 class MPITransport(Transport, _MPIErrors):
+    """Receives whose size the ranks agreed on beforehand (``agreed=True``) are plain MPI_Irecv. The
+    others are probed receives (_ProbedRecv): matched (MPI_Improbe) before they are received, so a
+    larger message than expected is received whole into a scratch buffer and reported, never written
+    past the end of the buffer. Probed receives of one (source, tag) are queued and matched oldest
+    first; an agreed receive on a key that still has queued ones queues behind them (probed too), so
+    messages match receives in the order the receives were made.
+
+    A probed receive given up before its message came leaves an orphan in its queue: the message,
+    when it arrives, is received into a scratch buffer and discarded (up to ORPHAN_DRAIN_LIMIT), so
+    the sender's send completes (a large MPI send does not complete until it is received) and no
+    later receive on the key takes it. Queues and orphans are moved on at every transport activity:
+    ``progress()``, and (at most once per millisecond) the test of any request. This state belongs to
+    the thread that makes the probed receives (the operators' caller)."""
     name = "mpi"
     exact_size_recv = False   # size mismatches surface as MPI_ERR_TRUNCATE / short counts
     recv_any_source = True
@@ -260,6 +400,12 @@ class MPITransport(Transport, _MPIErrors):
         self.timeout_s = timeout_s
         self.tag_ub = int(self.comm.Get_attr(MPI.TAG_UB) or 32767)
         self.left_undrained = []      # matched messages too large to drain (kept: nothing else may match them)
+        self._queues = {}             # (source, tag) -> deque of weakref(_ProbedRecv) / _Orphan, oldest first
+        self._draining = []           # (request, buffers...) received in the background, kept alive until done
+        self._status = MPI.Status()
+        self._pumped = 0.0
+        #: An orphan whose message has not come after this long is dropped (its sender gave up long ago).
+        self.orphan_expiry_s = timeout_s
 
     def _tag(self, tag):
         return tag % (self.tag_ub + 1)
@@ -271,18 +417,107 @@ class MPITransport(Transport, _MPIErrors):
         req = self.comm.Isend([buf, self.MPI.BYTE], dest=dst, tag=self._tag(tag))
         return _MPIRequest(req, buf, ("send of {} B to rank {}", buf.nbytes, dst), self, dst)
 
-    def irecv(self, buf, src, tag):
+    def irecv(self, buf, src, tag, *, agreed=True):
         self.check_buffer(buf)
         if buf.nbytes == 0:
             return CompletedRequest()
-        req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=self._tag(tag))
-        return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self, src)
+        tag = self._tag(tag)
+        if agreed and not (self._queues and (src, tag) in self._queues):
+            req = self.comm.Irecv([buf, self.MPI.BYTE], source=src, tag=tag)
+            return _MPIRequest(req, buf, ("receive of {} B from rank {}", buf.nbytes, src), self, src)
+        return _ProbedRecv(self, buf, (src, tag), ("receive of {} B from rank {}", buf.nbytes, src))
 
-    def irecv_any(self, buf, tag):
+    def irecv_any(self, buf, tag, *, agreed=True):
+        # Probed (agreed=False): queued under (ANY_SOURCE, tag), in no particular order with receives
+        # from one source on the same tag (callers use a tag for one kind only).
         self.check_buffer(buf)
+        if not agreed:
+            return _ProbedRecv(self, buf, (self.MPI.ANY_SOURCE, self._tag(tag)),
+                               ("receive of up to {} B from any rank", buf.nbytes))
         status = self.MPI.Status()
         req = self.comm.Irecv([buf, self.MPI.BYTE], source=self.MPI.ANY_SOURCE, tag=self._tag(tag))
         return _MPIAnyRequest(req, buf, ("receive of up to {} B from any rank", buf.nbytes), self, status=status)
+
+    def discard(self, src, tag):
+        """The next message from ``src`` on ``tag`` that no receive was made for is not wanted: it is
+        received into a scratch buffer and discarded when it comes (an orphan, see the class doc)."""
+        key = (src, self._tag(tag))
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = collections.deque()
+        q.append(_Orphan(time.monotonic()))
+        try:
+            self._match(key)
+        except self.MPI.Exception:
+            pass        # e.g. a dead peer: reported by the requests that wait for it
+
+    def _match(self, key, now=None):
+        """Match the queued probed receives and orphans of ``key``, oldest first, with the messages that
+        have arrived (a message of a live receive is received into its buffer if it fits, else whole
+        into a scratch buffer; an orphan's into a scratch buffer, then dropped)."""
+        q = self._queues.get(key)
+        if q is None:
+            return
+        MPI, status, src, tag = self.MPI, self._status, key[0], key[1]
+        while q:
+            head = q[0]
+            req = None
+            if type(head) is weakref.ref:
+                req = head()
+                if req is None:                 # dropped before it was matched: an orphan now
+                    head = q[0] = _Orphan(time.monotonic() if now is None else now)
+            msg = self.comm.Improbe(source=src, tag=tag, status=status)
+            if msg is None:
+                if req is None:                 # an orphan still waiting: given up after orphan_expiry_s
+                    now = time.monotonic() if now is None else now
+                    if now - head.since > self.orphan_expiry_s:
+                        q.popleft()
+                        continue
+                break
+            count = status.Get_count(MPI.BYTE)
+            q.popleft()
+            if q and type(q[0]) is _Orphan and q[0].unless_over is not None and count > q[0].unless_over:
+                q.popleft()                     # no message comes for it (see _Orphan)
+            if req is None:
+                if count > ORPHAN_DRAIN_LIMIT:
+                    self.left_undrained.append(msg)      # matched, never received
+                else:
+                    scratch = np.empty(count, dtype=np.uint8)
+                    self._draining.append((msg.Irecv([scratch, MPI.BYTE]), scratch))
+                continue
+            req._source, req._count = status.Get_source(), count
+            if count <= req.buf.nbytes:
+                req.req = msg.Irecv([req.buf, MPI.BYTE])
+            else:
+                req.scratch = np.empty(count, dtype=np.uint8)
+                req.req = msg.Irecv([req.scratch, MPI.BYTE])
+        if not q and self._queues.get(key) is q:
+            del self._queues[key]
+
+    def _pump(self, force=False):
+        """Move every queue of probed receives and orphans on, and the background receives; at most
+        once per _PUMP_INTERVAL_S unless ``force``. True if it probed (which runs MPI's progress
+        engine). Never raises (a failed peer shows up on the requests that wait for it)."""
+        now = time.monotonic()
+        if not force and now - self._pumped < _PUMP_INTERVAL_S:
+            return False
+        self._pumped = now
+        probed = bool(self._queues)
+        try:
+            for key in list(self._queues):
+                self._match(key, now)
+        except self.MPI.Exception:
+            pass
+        if self._draining:
+            draining, self._draining = self._draining, []
+            for entry in draining:
+                try:
+                    if entry[0].Test():
+                        continue
+                except self.MPI.Exception:
+                    continue           # e.g. a dead peer: nothing more will come
+                self._draining.append(entry)
+        return probed
 
     def wait_or_stop(self, req, stop):
         done = []
@@ -301,9 +536,18 @@ class MPITransport(Transport, _MPIErrors):
         # Probe, then receive the message whole (see _DrainRequest: never into a smaller buffer).
         return _DrainRequest(self, src, self._tag(tag), nbytes, limit)
 
+    def draining(self):
+        if self._queues or self._draining:
+            self._pump(force=True)
+        return bool(self._draining)
+
     def progress(self):
         # MPI_Iprobe runs Open MPI's progress engine (MPI_Test on a finished request would not).
         # With mpi_yield_when_idle it also sleeps when there was nothing to do: callers rate-limit.
+        # Probed receives are matched here too, so that their large messages move meanwhile (their
+        # MPI_Improbe runs the progress engine as well).
+        if (self._queues or self._draining) and self._pump(force=True):
+            return
         try:
             self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
         except self.MPI.Exception:

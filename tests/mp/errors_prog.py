@@ -126,6 +126,95 @@ def recv_drain(mw, torch, topo):
     print(f"rank {r}: recv_drain OK", flush=True)
 
 
+def _no_probed_state(mw):
+    """After the mismatches: no probed receive or orphan is left in the MPI transport, nothing is
+    still being drained (every sender's send could complete)."""
+    g = mw.default_group()
+    t = g.transport
+    if not hasattr(t, "_queues"):
+        return
+    deadline = time.monotonic() + 10
+    while (t._queues or t.draining()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not t._queues and not t._draining and not t.left_undrained, (t._queues, t._draining, t.left_undrained)
+
+
+def orphan_drain(mw, topo):
+    """MPI transport, two ranks: a probed receive given up before its large (rendezvous) message came
+    leaves an orphan; the message is drained when it comes, so the sender's send completes; a later
+    receive on the same (source, tag), agreed or not, gets the NEXT message, not the orphan's. The
+    same for a probed receive dropped without being cancelled, for one abandoned as expecting no
+    message, for a payload orphan after a header that came with its payload (``unless_previous_over``),
+    and for ``discard``. A probed any-source receive of a message larger than its buffer fails with a
+    MismatchError and receives it whole; the next one gets the next message."""
+    g = mw.default_group()
+    t, r = g.transport, topo.rank
+    if t.name != "mpi":
+        print(f"rank {r}: orphan_drain OK (no probed receives on {t.name})", flush=True)
+        return
+    assert topo.world_size == 2
+    big, small = 1 << 20, 1 << 10
+    T = 3_000_001                     # far from the operators' tags
+
+    def send(tag, n, value):
+        return t.isend(np.full(n, value, np.uint8), 1, tag)
+
+    def recv(tag, n=small, agreed=True):
+        buf = np.zeros(n, np.uint8)
+        return t.irecv(buf, 0, tag, agreed=agreed), buf
+
+    if r == 1:
+        # 1. cancelled before its message came; then an agreed receive on the same key (queued behind
+        #    the orphan: a plain one of 1 KiB would match the 1 MiB message)
+        q, _ = recv(T, agreed=False)
+        q.cancel()
+        # 2. dropped without a cancel (its weak reference in the queue dies: an orphan)
+        q2, _ = recv(T + 1, agreed=False)
+        del q2
+        # 3. abandoned as expecting no message: the next message is the next receive's
+        q3, _ = recv(T + 2, agreed=False)
+        q3.abandon(expected=False)
+        # 4. a packet: header and payload receives, both abandoned before anything came; the sender
+        #    sends one fused message (more than a header), so no payload follows: the payload orphan
+        #    goes with it
+        qh, _ = recv(T + 3, 64, agreed=False)
+        qp, _ = recv(T + 3, small, agreed=False)
+        qh.abandon()
+        qp.abandon(unless_previous_over=64)
+        # 5. discard: the next message on the key is not wanted
+        t.discard(0, T + 4)
+    t.barrier()
+    if r == 0:
+        sends = [send(T, big, 1), send(T, small, 2), send(T + 1, big, 3), send(T + 1, small, 4),
+                 send(T + 2, small, 5), send(T + 3, 64 + big, 6), send(T + 3, small, 7),
+                 send(T + 4, big, 8), send(T + 4, small, 9)]
+        t0 = time.monotonic()
+        for q in sends:          # the 1 MiB sends complete only once rank 1 receives them
+            q.wait(20.0, "orphan_drain sends")
+        print(f"rank 0: every send completed in {time.monotonic() - t0:.2f}s", flush=True)
+    else:
+        for tag, agreed, value in ((T, True, 2), (T + 1, False, 4), (T + 2, True, 5), (T + 3, True, 7),
+                                   (T + 4, False, 9)):
+            q, buf = recv(tag, agreed=agreed)
+            q.wait(20.0, f"orphan_drain receive on tag {tag}")
+            assert (buf == value).all(), (tag, buf[:8])
+        _no_probed_state(mw)
+    t.barrier()
+    # any source, not agreed: a message larger than the buffer is a MismatchError, received whole
+    if r == 0:
+        for q in (send(T + 5, 256 << 10, 1), send(T + 5, small, 2)):
+            q.wait(20.0, "orphan_drain any-source sends")
+    else:
+        buf = np.zeros(small, np.uint8)
+        e = expect(mw.MismatchError, f"sent {256 << 10} B", lambda: t.irecv_any(buf, T + 5, agreed=False).wait(20.0))
+        q = t.irecv_any(buf, T + 5, agreed=False)
+        q.wait(20.0)
+        assert q.source() == 0 and q.count() == small and (buf == 2).all(), (q.source(), q.count(), buf[:8])
+        print(f"rank 1: any source: {e}", flush=True)
+    t.barrier()
+    print(f"rank {r}: orphan_drain OK", flush=True)
+
+
 def main(case):
     mw.init()
     topo = mw.topology()
@@ -236,6 +325,54 @@ def main(case):
         assert f"rank {P - 1} sends rank 0 12 bytes, rank 0 expects 8" in str(e), e
         all_to_all_single(out, x)         # the group is still usable
         print(f"rank {r}: alltoall_splits OK: {e}", flush=True)
+    elif case == "node_sizes":
+        # node 1 calls all_gather with 4 x node 0's chunk (16 K and 256 K float32): every rank raises
+        # MismatchError, nothing is written past a receive buffer (Open MPI 5 would write a truncated
+        # message there: the interpreter died in free()), and the group stays usable
+        # (at 16 K node 0 takes the small path, one fused message per packet, node 1 the large one)
+        for n in (1 << 14, 1 << 18):
+            c = n if topo.node == 0 else 4 * n
+            t0 = time.monotonic()
+            e = expect(mw.MismatchError, "", lambda: mw.all_gather(torch.zeros(P * c), torch.full((c,), float(r))))
+            took = time.monotonic() - t0
+            print(f"rank {r}: {n}: {took:.2f}s {type(e).__name__}: {str(e)[:160]}", flush=True)
+            # promptly: no wait for a message that never comes (nor packets.SETTLE_S for a send)
+            assert took < 4.5, f"rank {r}: the mismatch took {took:.1f}s"
+        out = torch.zeros(P * 8)
+        mw.all_gather(out, torch.full((8,), float(r)))
+        assert out.view(P, 8)[:, 0].tolist() == [float(q) for q in range(P)], out
+        big = torch.zeros(P * (1 << 16))
+        mw.all_gather(big, torch.full((1 << 16,), float(r)))
+        assert big.view(P, -1)[:, -1].tolist() == [float(q) for q in range(P)]
+        _no_probed_state(mw)
+        print(f"rank {r}: node_sizes OK", flush=True)
+    elif case == "node_sizes_bcast":
+        # broadcast whose size differs between the root's node and the other: the ranks of the node
+        # that disagrees with the root raise MismatchError (the root's node got nothing to check:
+        # see mw.broadcast), whichever node passes the larger size (4 x: 16 K and 256 K float32), and
+        # nothing is written past a receive buffer (unicast: the receive lands in the tensor itself);
+        # the group stays usable
+        for mode in ("multiwrite", "unicast"):
+            for root in (0, P - 1):
+                for n in (1 << 14, 1 << 18):
+                    c = n if topo.node == topo.node_of[root] else (n // 4 if root else 4 * n)
+                    t = torch.full((c,), float(r))
+                    t0 = time.monotonic()
+                    if topo.node == topo.node_of[root]:
+                        mw.broadcast(t, root, mode=mode)
+                        print(f"rank {r}: {mode} root {root} {n}: returned", flush=True)
+                    else:
+                        e = expect(mw.MismatchError, "", lambda: mw.broadcast(t, root, mode=mode))
+                        print(f"rank {r}: {mode} root {root} {n}: MismatchError: {str(e)[:160]}", flush=True)
+                    took = time.monotonic() - t0
+                    assert took < 4.5, f"rank {r}: {mode} root {root} {n}: took {took:.1f}s"
+        t = torch.full((1 << 16,), float(r))
+        mw.broadcast(t, P - 1)
+        assert (t == float(P - 1)).all()
+        _no_probed_state(mw)
+        print(f"rank {r}: node_sizes_bcast OK", flush=True)
+    elif case == "orphan_drain":
+        orphan_drain(mw, topo)
     elif case == "relay_fuzz":
         relay_fuzz(mw, torch, topo)
     elif case == "recv_drain":
