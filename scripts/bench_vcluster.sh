@@ -48,7 +48,8 @@ if [ "$LAUNCHER" = mpirun ]; then
            -x OMP_NUM_THREADS; do
     args+=("--launcher-arg=$a")
   done
-  for v in MULTIWRITE_TIMEOUT MULTIWRITE_TRANSPORT MULTIWRITE_MODE MULTIWRITE_SPIN_US MULTIWRITE_SLEEP_MAX_US MULTIWRITE_PIECE_KIB; do
+  for v in MULTIWRITE_TIMEOUT MULTIWRITE_TRANSPORT MULTIWRITE_MODE MULTIWRITE_SPIN_US MULTIWRITE_SLEEP_MAX_US MULTIWRITE_PIECE_KIB \
+           MULTIWRITE_DECODE_TOKENS MULTIWRITE_REDUCE; do
     if [ -n "${!v:-}" ]; then args+=("--launcher-arg=-x" "--launcher-arg=$v"); fi
   done
   # shellcheck disable=SC2206

@@ -8,11 +8,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _launch  # noqa: E402
 
 
+@pytest.mark.parametrize("decode", ["0", "32"], ids=["normal_path", "low_latency_on"])
 @pytest.mark.parametrize("launcher", _launch.LAUNCHERS)
-def test_dispatch_combine(launcher):
-    # small pieces: moe_prog's large case (~1.2 MiB per rank) travels in several
-    out = _launch.check(launcher, 4, "moe_prog.py", env={"MULTIWRITE_RANKS_PER_NODE": 2,
-                                                          "MULTIWRITE_PIECE_KIB": 256}, timeout=300)
+def test_dispatch_combine(launcher, decode):
+    # small pieces: moe_prog's large case (~1.2 MiB per rank) travels in several. decode "0": the
+    # normal path only (exact inter-node bytes checked); "32" (the default): calls of <= 32 tokens per
+    # rank take the low-latency path from the second one on, mixed with normal calls and errors
+    out = _launch.check(launcher, 4, "moe_prog.py", env={"MULTIWRITE_RANKS_PER_NODE": 2, "MULTIWRITE_PIECE_KIB": 256,
+                                                          "MULTIWRITE_DECODE_TOKENS": decode}, timeout=300)
     assert "moe OK" in out
 
 

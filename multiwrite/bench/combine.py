@@ -32,8 +32,11 @@ class _CombineBase(MoEImpl):
     def __init__(self, ctx, wl, dispatcher):
         super().__init__(ctx, wl)
         self.dispatcher = dispatcher
-        dispatcher.prepare(0)
-        dispatcher.run()
+        # The layout of the second of two dispatches, as in a loop of steps of this size (multiwrite:
+        # decode-sized steps then run on the low-latency path, whose capacity the first one sets)
+        for _ in range(2):
+            dispatcher.prepare(0)
+            dispatcher.run()
         self.layout = dispatcher.result
         if dispatcher.check(0):
             raise RuntimeError(f"combine benchmark: the {dispatcher.name} dispatch that sets up the layout is wrong")
@@ -81,6 +84,7 @@ class MWCombine(_CombineBase, MWImpl):
         super().__init__(ctx, wl, MWDispatch(ctx, wl, mode))
         self.buf = self.dispatcher.buf
         self.handle = self.layout[4]
+        self.path = "low_latency" if self.handle.low_latency else "normal"      # reported in the rows
         self.zero_copy = zero_copy and mode == "multiwrite"
         self.y = None
 

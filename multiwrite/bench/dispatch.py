@@ -127,6 +127,7 @@ class MWDispatch(MoEImpl, MWImpl):
     def check(self, it):
         wl = self.wl
         x, idx, w, per_expert, handle = self.result
+        self.path = "low_latency" if handle.low_latency else "normal"      # reported in the rows
         return (wrong_shape(x, wl.exp_x) + wrong_shape(idx, wl.exp_idx) + wrong_shape(w, wl.exp_w)
                 + int(list(per_expert) != wl.exp_per_expert))
 

@@ -63,7 +63,8 @@ def _cell(row):
         return "–"
     mark = " ✗" if ratio > 1.0 else ""
     wrong = " WRONG" if row.get("wrong") else ""
-    return f"{ratio:.2f}{mark}" + (f" ({tb:.2f})" if tb else "") + wrong
+    path = " ᴸ" if row.get("path") == "low_latency" else ""
+    return f"{ratio:.2f}{mark}" + (f" ({tb:.2f})" if tb else "") + path + wrong
 
 
 def _size_label(op, size):
@@ -82,7 +83,7 @@ def table(cols):
     cells = sum(1 for _, rows in cols for r in rows.values() if r.get("vs_best_baseline") is not None)
     lines.append("")
     lines.append(f"{cells} cells; MultiWrite slower than the faster baseline (✗) in {slower}. Cell: MultiWrite ÷ "
-                 f"faster of MPI's and Gloo's own (time ÷ physical bound).")
+                 f"faster of MPI's and Gloo's own (time ÷ physical bound); ᴸ: MoE call on the low-latency path.")
     return "\n".join(lines)
 
 

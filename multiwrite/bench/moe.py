@@ -50,8 +50,11 @@ def bench(ctx, args, op, tokens=None):
         size_rows = make_rows(res, size=size, count=T * args.hidden, type_name=args.dtype, bound=bound, P=P,
                           alg_bytes=size, bus_factor=(P - 1) / P, extra=extra)
         ref = wl.per_expert_bytes[op]
+        paths = {im.name: getattr(im, "path", None) for im in impls}
         for r in size_rows:
             r["tokens"] = T
+            if paths.get(r["impl"]):
+                r["path"] = paths[r["impl"]]        # multiwrite: which path ran (ops/moe/low_latency.py)
             r["dedup_ratio"] = ref / r["inter_node_bytes"] if r.get("inter_node_bytes") and ref else None
             r["copies_remote"] = dict(wl.copies)
             r["bound_bytes"] = max(wl.dedup_egress + wl.dedup_ingress) if N > 1 else 0

@@ -90,9 +90,14 @@ def _agree_on_splits(g, what, send_bytes, recv_bytes):
         raise MismatchError(f"{what}: split sizes differ across ranks: {pairs}{more}")
 
 
-def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8"):
+def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8", same_table=False, key=None):
     """Byte-level AlltoAll: ``src[soff[d]:soff[d] + send_bytes[d]]`` goes to rank d, and rank s's chunk
-    lands at ``out[roff[s]:roff[s] + recv_bytes[s]]``."""
+    lands at ``out[roff[s]:roff[s] + recv_bytes[s]]``. ``same_table``: every rank derived the splits from
+    the same table (e.g. a dispatch's routing), so the control round that compares them is skipped;
+    the receives are then matched before they are posted (a chunk of another size is a MismatchError
+    from the headers on the ranks whose chunks differ, never a write past a buffer).
+    ``key``: an integer in [0, 2**14) every rank must pass equal (which dispatch a MoE combine belongs
+    to); it is part of the packets' window id, so ranks with other keys get a MismatchError."""
     topo = g.topo
     P, r, L = g.size, g.rank, topo.local_size
     soff = np.concatenate([[0], np.cumsum(send_bytes)]).astype(np.int64)
@@ -102,9 +107,11 @@ def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8"):
                          f"{int(soff[-1])}/{int(roff[-1])}")
     seq = g.next_seq()
     tag = tag_for(OP, seq)
-    window_id = OP + 256 * _dtypes.code(dtype)
-    what = f"all_to_all (call #{seq}, {int(soff[-1])} bytes of {dtype} out, {int(roff[-1])} in)"
-    _agree_on_splits(g, what, send_bytes, recv_bytes)
+    window_id = OP + 256 * _dtypes.code(dtype) + (0 if key is None else (int(key) + 1) << 16)
+    what = f"all_to_all (call #{seq}, {int(soff[-1])} bytes of {dtype} out, {int(roff[-1])} in" + \
+        ("" if key is None else f", key {key}") + ")"
+    if not same_table:
+        _agree_on_splits(g, what, send_bytes, recv_bytes)
     # Intra-node chunks go through one slot per (source, destination) local pair, sized by the node's
     # largest such chunk (node_agree shares it).
     local_max = max([send_bytes[d] for d in topo.local_ranks if d != r] + [0])
@@ -116,7 +123,7 @@ def all_to_all_bytes(g, out, src, send_bytes, recv_bytes, *, dtype="uint8"):
 
     remote = [s for s in range(P) if not topo.same_node(s)]
     headers_in = _packets.header_buffers(g, "alltoall_hin", len(remote))
-    recvs = [_packets.PacketRecv(g, headers_in[i], out[roff[s]:roff[s + 1]], s, tag, what)
+    recvs = [_packets.PacketRecv(g, headers_in[i], out[roff[s]:roff[s + 1]], s, tag, what, agreed=not same_table)
              for i, s in enumerate(remote)]
 
     me = topo.local_rank

@@ -27,6 +27,7 @@ from ...runtime import dtypes as _dtypes
 from ...engine import tree
 from ...errors import MismatchError, MultiwriteTimeout
 from ...runtime.group import resolve, tag_for
+from . import low_latency as _low_latency
 from .common import FLOAT_DTYPES, agree, empty_tensor, flag_bytes, wait_done
 
 OP = _packets.WIN_COMBINE
@@ -72,6 +73,9 @@ def combine(y, handle, *, group=None):
                   f"{handle.num_recv_tokens} rows to this rank")
     elif y.dtype not in FLOAT_DTYPES:
         status = f"y must be float32, float16 or bfloat16, got {y.dtype}"
+    low_latency = _low_latency.combine_capacity(g, handle)
+    if low_latency:             # the handle of a low-latency dispatch (the same path on every rank)
+        return _low_latency.combine(g, what, y, handle, status, low_latency)
     # y written in place in the buffer get_combine_buffer handed out for this call: no staging copy.
     zc = g.extension("moe.combine", _ZeroCopy)
     issued, zc.issued = zc.issued, None
@@ -285,7 +289,7 @@ def get_combine_buffer(handle, hidden=None, dtype=None, *, group=None):
     if H < 0:
         raise ValueError(f"get_combine_buffer: hidden must be >= 0, got {H}")
     R, rb = handle.num_recv_tokens, H * esize
-    if handle.mode == "unicast":          # the same on every rank: the handle is of one dispatch call
+    if handle.mode == "unicast" or handle.low_latency:   # the same on every rank: one dispatch call's handle
         return empty_tensor((R, H), dtype)
     what = "get_combine_buffer"
     lr = g.topo.local_rank

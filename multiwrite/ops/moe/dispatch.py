@@ -29,6 +29,7 @@ from ...engine import tree
 from ..._config import check_mode
 from ...errors import MismatchError, PeerFailure
 from ...runtime.group import resolve, tag_for
+from . import low_latency as _low_latency
 from .common import FLOAT_DTYPES, agree, empty_tensor, flag_bytes, wait_done
 
 OP = _packets.WIN_DISPATCH
@@ -70,6 +71,7 @@ class DispatchHandle:
     recv_topk_weights: Optional[torch.Tensor] = None
     num_recv_tokens_per_expert: Optional[List[int]] = None
     seq: int = -1                    # the dispatch call that made the layout (same on every rank)
+    low_latency: int = 0             # rows per block when the low-latency path made it (low_latency.py), else 0
 
     @property
     def num_recv_tokens(self):
@@ -159,6 +161,13 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     else:
         mode = g.mode if mode is None else check_mode(mode)
         status = _check_inputs(g, x, topk_idx, topk_weights, num_experts)
+    if cached and handle.low_latency:
+        cached = False          # its layout is not the normal path's: planned again from its routing
+    if _low_latency.planned(g):
+        result = _low_latency.dispatch(g, seq, what, x, topk_idx, topk_weights, num_experts, mode, status,
+                                       DispatchHandle)
+        if result is not None:
+            return result
     k = topk_idx.shape[1] if status is None else 0
     row_bytes = x.shape[1] * x.element_size() if status is None else 0
 
@@ -177,21 +186,28 @@ def dispatch(x, topk_idx=None, topk_weights=None, num_experts=None, *, handle=No
     ints = outgoing = None
     if status is None:
         meta = [row_bytes, k, _dtypes.code(str(x.dtype).replace("torch.", "")), int(num_experts), _MODES[mode]]
-        ints = np.concatenate([np.asarray(meta, dtype=np.int64), sent_nodes, sent_ranks])
+        ints = np.concatenate([np.asarray(meta + [x.shape[0]], dtype=np.int64), sent_nodes, sent_ranks])
         # What this rank sends depends only on its own routing: pack the first piece of every packet
         # now, so it leaves as soon as the agreement is done (the agreement waits on the network; on
         # a host with more ranks than cores, packing after it kept the link idle for milliseconds).
         outgoing = _Outgoing(g, x, topk_idx, topk_weights, row_bytes, k, mode == "unicast", node_offsets,
                              node_tokens, node_bitmaps, rank_offsets, rank_tokens, sent_ranks)
         if TRACE is not None: TRACE.append(("prepacked", _pc()))
-    table = agree(g, what, status, ints, len(_META) + N + P)
+    M = len(_META) + 1                  # the meta, then the token count (T may differ between ranks)
+    try:
+        table = agree(g, what, status, ints, M + N + P)
+    except Exception:
+        _low_latency.reset(g)
+        raise
     if TRACE is not None: TRACE.append(("agreed", _pc()))
     metas = table[:, :len(_META)]
     if (metas != metas[0]).any():
+        _low_latency.reset(g)
         raise MismatchError(f"{what}: ranks disagree on ({', '.join(_META)}): "
                             + ", ".join(f"rank {r}: {tuple(int(v) for v in m)}" for r, m in enumerate(metas)))
-    node_counts = np.ascontiguousarray(table[:, len(_META):len(_META) + N])     # [P, N]
-    rank_counts = np.ascontiguousarray(table[:, len(_META) + N:])               # [P, P]
+    _low_latency.agreed(g, metas[0, :4], table[:, len(_META)].max())
+    node_counts = np.ascontiguousarray(table[:, M:M + N])     # [P, N]
+    rank_counts = np.ascontiguousarray(table[:, M + N:])      # [P, P]
     unicast = mode == "unicast"
 
     rec = outgoing.rec
