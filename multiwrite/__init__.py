@@ -5,7 +5,7 @@ receiving node; relays replicate it through shared memory on the far side. See R
 docs/design.md for semantics; the public API:
 
     mw.init() / mw.finalize()          default group from mpirun (MPI) or torchrun (Gloo)
-    mw.topology()                      rank, world_size, node, num_nodes, local_rank, local_size
+    mw.topology()                      rank, world_size, node, num_nodes, local_rank, local_size, rack, num_racks
     mw.all_gather(out, x)              AllGather on MultiWrite (or unicast with mode="unicast")
     mw.Window(nbytes)                  one-sided windows: win.multi_write(src, ranks, offset), win.fence()
     mw.Buffer()                        MoE dispatch / combine (DeepEP-style); mw.moe: autograd versions
@@ -31,14 +31,18 @@ if TYPE_CHECKING:
 
 def topology(group: "Group | None" = None) -> "Topology":
     """Placement of this rank: a Topology with rank, world_size, node, num_nodes, local_rank,
-    local_size (and node_of / local_rank_of / node_ranks for every rank)."""
+    local_size, rack, num_racks, rack_names (and node_of / local_rank_of / node_ranks / rack_of for
+    every rank, rack_of_node / nodes_of_rack for every node)."""
     from .runtime.group import resolve
     return resolve(group).topo
 
 
 def stats(group: "Group | None" = None) -> dict:
     """This rank's traffic since the last reset: ``{"inter_node": {"bytes", "messages",
-    "per_peer_node": {node: bytes}}, "intra_node": {"bytes", "messages"}, "control": {...}}``."""
+    "per_peer_node": {node: bytes}}, "intra_rack": {"bytes", "messages"}, "inter_rack": {...},
+    "intra_node": {"bytes", "messages"}, "control": {...}}``. ``intra_rack`` and ``inter_rack`` split
+    the inter-node messages by whether their destination node is in this rank's rack; they add up to
+    ``inter_node``."""
     from .runtime.group import resolve
     return resolve(group).stats.as_dict()
 

@@ -2,10 +2,14 @@
 
 Every ``MULTIWRITE_*`` value is validated where it is read: a bad one raises ValueError naming the
 variable and what it must be. Settings that must be equal on every rank (``AGREED``) are compared
-across ranks when a group is created (see ``agreed`` and ``check_agreement``).
+across ranks when a group is created (see ``agreed`` and ``disagreement``). The rack
+(``rack_state``: MULTIWRITE_RACK, MULTIWRITE_TOPOLOGY) differs between ranks; topology.detect checks
+that the ranks of one node report the same one.
 """
+import hashlib
 import math
 import os
+import socket
 
 MODES = ("multiwrite", "unicast")
 TRANSPORTS = ("mpi", "gloo")
@@ -181,6 +185,7 @@ def validate_all():
     """Read and validate every setting that is read per group; raises ValueError naming the first bad
     one. Returns the polling settings (spin, longest sleep), for transport.base.configure_polling."""
     transport(), mode(), timeout_s(), piece_bytes(), ranks_per_node(), reduce_choice(), decode_tokens()
+    rack_state()
     return spin_s(), sleep_max_s()
 
 
@@ -210,3 +215,91 @@ def disagreement(values_by_rank):
 
 def _ranks(ranks):
     return ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{', '.join(map(str, ranks[:8]))}, ..."
+
+
+# -- the rack of this rank (not in AGREED: it differs between ranks; topology.detect checks that the
+# ranks of one node agree) ---------------------------------------------------------------------------
+
+def rack_env():
+    """MULTIWRITE_RACK: the name of this rank's rack (any non-empty string, equal on every rank of one
+    rack; surrounding whitespace is ignored). None when unset or empty."""
+    value = os.environ.get("MULTIWRITE_RACK", "").strip()
+    return value or None
+
+
+def topology_file():
+    """MULTIWRITE_TOPOLOGY: path of a file mapping hostname -> rack (see read_topology_file), or None."""
+    value = os.environ.get("MULTIWRITE_TOPOLOGY", "").strip()
+    return value or None
+
+
+def read_topology_file(path):
+    """The {hostname: rack} map of topology file ``path``: one ``hostname rack`` pair per line
+    (whitespace-separated), ``#`` starts a comment (to the end of the line), blank lines are ignored.
+    ValueError naming the file and the line number for a malformed line or a host given two racks, and
+    naming the file when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"MULTIWRITE_TOPOLOGY={path!r}: cannot read it: {exc}") from None
+    racks, where = {}, {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"MULTIWRITE_TOPOLOGY={path!r}, line {number}: expected 'hostname rack', "
+                             f"got {line.strip()!r}")
+        host, rack = fields
+        if host in racks and racks[host] != rack:
+            raise ValueError(f"MULTIWRITE_TOPOLOGY={path!r}, line {number}: host {host!r} is in rack "
+                             f"{racks[host]!r} on line {where[host]} and in rack {rack!r} here")
+        racks.setdefault(host, rack)
+        where.setdefault(host, number)
+    return racks
+
+
+def rack(hostname=None):
+    """This rank's rack name, or None when no rack is configured (every node in one rack).
+
+    MULTIWRITE_RACK wins; else, with MULTIWRITE_TOPOLOGY set, this host's entry in that file (the
+    exact hostname, else the name before its first dot); a host missing from the file is a ValueError
+    naming it."""
+    return rack_state(hostname)[0]
+
+
+def rack_state(hostname=None):
+    """(rack name or None, topology file path or None, digest of the file's map or None): what every
+    rank reports when a group is created (topology.detect). The file is read only when
+    MULTIWRITE_RACK is unset; the digest lets the ranks that read a file check that they read the
+    same map."""
+    name = rack_env()
+    if name is not None:
+        return name, None, None
+    path = topology_file()
+    if path is None:
+        return None, None, None
+    racks = read_topology_file(path)
+    host = hostname if hostname is not None else socket.gethostname()
+    name = racks.get(host, racks.get(host.split(".", 1)[0]))
+    if name is None:
+        raise ValueError(f"MULTIWRITE_TOPOLOGY={path!r}: host {host!r} is not in the file (set "
+                         f"MULTIWRITE_RACK on it, or add a line '{host} <rack>')")
+    digest = hashlib.sha256(repr(sorted(racks.items())).encode()).hexdigest()[:16]
+    return name, path, digest
+
+
+def topology_file_disagreement(states_by_rank):
+    """The message saying that ranks read different topology files (``states_by_rank[r]`` is rank r's
+    ``rack_state()``; ranks that read none are not compared), or None. The maps are compared, not the
+    paths: a copy of one file under another path is the same topology."""
+    seen = {}
+    for r, (_, path, digest) in enumerate(states_by_rank):
+        if digest is not None:
+            seen.setdefault(digest, []).append((r, path))
+    if len(seen) <= 1:
+        return None
+    parts = "; ".join(f"{sorted({p for _, p in rs})} on rank(s) {_ranks([r for r, _ in rs])}"
+                      for rs in seen.values())
+    return f"MULTIWRITE_TOPOLOGY names files with different contents: {parts}"

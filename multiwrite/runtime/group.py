@@ -93,7 +93,7 @@ class Group:
         self.topo = _topology.detect(transport, global_ranks)
         if self.topo.local_size > _MAX_LOCAL:
             raise MultiwriteError(f"{self.topo.local_size} ranks on one node; at most {_MAX_LOCAL} supported")
-        self.stats = Stats()
+        self.stats = Stats(self.topo.rack_of_node, self.topo.rack)
         self._seq = 0
         self._epoch = 0
         self._buffers = {}          # name -> Segment (node-shared, grown on demand)
