@@ -103,7 +103,8 @@ def run_command(cmd, env=None, timeout=180):
     full_env.setdefault("MULTIWRITE_TIMEOUT", "60")
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env["OMP_NUM_THREADS"] = "1"
-    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT"):
+    for k in ("MULTIWRITE_RANKS_PER_NODE", "MULTIWRITE_MODE", "MULTIWRITE_TRANSPORT", "MULTIWRITE_RACK", "MULTIWRITE_TOPOLOGY",
+              "MULTIWRITE_DECODE_TOKENS"):
         full_env.pop(k, None)
     full_env.update({k: str(v) for k, v in (env or {}).items()})
     t0 = time.monotonic()
