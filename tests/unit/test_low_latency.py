@@ -20,9 +20,12 @@ def test_block_layout_aligned_and_disjoint(C, row_bytes, k):
 
 def test_decode_tokens_setting(monkeypatch):
     monkeypatch.delenv("MULTIWRITE_DECODE_TOKENS", raising=False)
-    assert _config.decode_tokens() == 8
+    assert _config.decode_tokens() == 1 and _config.decode_tokens("mpi") == 1
+    assert _config.decode_tokens("gloo") == 0          # the default is off under the Gloo transport
     monkeypatch.setenv("MULTIWRITE_DECODE_TOKENS", "0")
     assert _config.decode_tokens() == 0
+    monkeypatch.setenv("MULTIWRITE_DECODE_TOKENS", "8")
+    assert _config.decode_tokens("gloo") == 8
     monkeypatch.setenv("MULTIWRITE_DECODE_TOKENS", "-1")
     with pytest.raises(ValueError, match="MULTIWRITE_DECODE_TOKENS"):
         _config.decode_tokens()

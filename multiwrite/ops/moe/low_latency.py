@@ -19,7 +19,8 @@ tokens per rank) those round trips are the whole cost. Here:
 
 **Capacity C** (rows per block): every rank must know the block size without asking, so C comes from
 what every rank saw identically in the group's previous dispatch: the largest token count of any rank,
-rounded up to a power of two, at most MULTIWRITE_DECODE_TOKENS (default 8; 0 turns this path off).
+rounded up to a power of two, at most MULTIWRITE_DECODE_TOKENS (default 1 under the MPI transport, 0 =
+off under the Gloo transport, where this combine is slower than the normal one).
 The group's first dispatch, and every dispatch after one with more tokens than that, runs the normal
 path, whose agreement gives the next C. A rank whose call does not fit the blocks (more than C tokens,
 another hidden size, dtype, k or expert count, unicast mode, or arguments that fail its local checks)
@@ -55,15 +56,15 @@ class _State:
     the (row bytes, k, dtype code, E) it was set for; ``last``: the capacity of the last dispatch if it
     ran here, else 0 (a combine whose handle is unusable on one rank takes the same path as the others)."""
 
-    def __init__(self):
-        self.limit = _config.decode_tokens()
+    def __init__(self, transport_name):
+        self.limit = _config.decode_tokens(transport_name)
         self.capacity = 0
         self.meta = None
         self.last = 0
 
 
 def _state(g):
-    return g.extension("moe.low_latency", _State)
+    return g.extension("moe.low_latency", lambda: _State(g.transport.name))
 
 
 def _capacity(limit, t_max):
